@@ -1,0 +1,1 @@
+"""Thin command-line entry points (``python -m espnet2_ext.bin.<name>``)."""

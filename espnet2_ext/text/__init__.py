@@ -1,0 +1,1 @@
+"""Text handling: AISHELL-NER markup, normalisation, Kaldi ``text`` files, the ChatGLM3 tokenizer."""

@@ -1,0 +1,44 @@
+"""Small recipe helpers: speaker-preserving job splits and the Conformer's character token list."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+
+from espnet2_ext.bin.make_char_token_list import char_token_list
+from espnet2_ext.bin.split_by_speaker import main as split_main
+from espnet2_ext.data.splits import read_utt2spk, split_by_speaker
+
+
+def test_split_keeps_speakers_whole_and_balances(tmp_path):
+    utt2spk = tmp_path / "utt2spk"
+    lines = [f"S{s}_U{u} S{s}" for s, n in ((1, 5), (2, 3), (3, 2), (4, 1)) for u in range(n)]
+    utt2spk.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    split_main(["--utt2spk", str(utt2spk), "--nj", "2", "--out", str(tmp_path / "keys")])
+    jobs = [(tmp_path / f"keys.{i}").read_text().split() for i in (1, 2)]
+    assert sorted(sum(jobs, [])) == sorted(line.split()[0] for line in lines)
+    for job in jobs:
+        spk_of = {u.split("_")[0] for u in job}
+        other = jobs[1] if job is jobs[0] else jobs[0]
+        assert not spk_of & {u.split("_")[0] for u in other}
+    assert sorted(len(j) for j in jobs) == [5, 6]
+
+
+def test_split_rejects_more_jobs_than_speakers():
+    with pytest.raises(ValueError, match="number of speakers"):
+        split_by_speaker(OrderedDict(a=["u1"]), 2)
+
+
+def test_read_utt2spk_names_bad_line(tmp_path):
+    bad = tmp_path / "utt2spk"
+    bad.write_text("u1 s1\nu2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"utt2spk:2"):
+        read_utt2spk(bad)
+
+
+def test_char_token_list_layout():
+    tokens = char_token_list(["[张伟]在(北京)", "在<清华>"])
+    assert tokens[:2] == ["<blank>", "<unk>"] and tokens[-1] == "<sos/eos>"
+    assert tokens[2] == "在"
+    assert {"[", "]", "(", ")", "<", ">"} <= set(tokens)
+    assert len(tokens) == len(set(tokens))
