@@ -42,3 +42,33 @@ def test_char_token_list_layout():
     assert tokens[2] == "在"
     assert {"[", "]", "(", ")", "<", ">"} <= set(tokens)
     assert len(tokens) == len(set(tokens))
+
+
+def test_make_results_collects_rows_and_commands(tmp_path):
+    import json
+
+    from espnet2_ext.bin.make_results import main as results_main
+
+    def result(cer: float, f1: float) -> dict:
+        per = {k: f1 for k in ("PER", "LOC", "ORG", "ALL")}
+        tax = {k: 50.0 for k in ("correct_span", "correct_entity", "error_span", "replacement", "omission")}
+        counts = {"ref_chars": 100, "sub": 1, "del": 1, "ins": 0}
+        return {"cer": cer, "precision": per, "recall": per, "f1": per, "taxonomy": tax, "counts": counts}
+
+    for sub, res in (("decoder_only/decode_phase3_ner_his1", result(2.0, 0.812)),
+                     ("decoder_only/decode_phase1_asr_his0", result(3.5, 0.0))):
+        score = tmp_path / sub / "test" / "score"
+        score.mkdir(parents=True)
+        (score / "result.json").write_text(json.dumps(res))
+        (tmp_path / sub / "test" / "log").mkdir()
+        (tmp_path / sub / "test" / "log" / "decode.1.log").write_text(f"# python -m decode {sub}\n")
+    (tmp_path / "decoder_only" / "phase3").mkdir()
+    (tmp_path / "decoder_only" / "phase3" / "train.log").write_text("# python -m train phase3\nrest\n")
+    out = tmp_path / "RESULTS.md"
+    results_main(["--expdir", str(tmp_path), "--test_sets", "test", "--out", str(out), "--command", "./run.sh"])
+    text = out.read_text()
+    assert "| decoder_only phase3 ner his=1 | 2.00 |" in text
+    assert "| decoder_only phase1 asr his=0 | 3.50 |" in text
+    f1_table = text.split("### NER: F1")[1].split("###")[0]
+    assert "0.812" in f1_table and "phase1 asr" not in f1_table
+    assert "python -m train phase3" in text and "python -m decode decoder_only/decode_phase3_ner_his1" in text

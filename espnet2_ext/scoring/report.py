@@ -53,10 +53,17 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def render_results_tables(rows: list[tuple[str, dict[str, Any]]]) -> str:
-    """Markdown CER, F1-per-type and taxonomy tables, one row per ``(name, result.json)``."""
+def render_results_tables(
+    rows: list[tuple[str, dict[str, Any]]], entity_rows: Sequence[str] | None = None
+) -> str:
+    """Markdown CER, F1-per-type and taxonomy tables, one row per ``(name, result.json)``.
+
+    ``entity_rows`` names the rows shown in the F1 and taxonomy tables (default: all);
+    plain-ASR decodings carry no markup, so their zero F1 would only mislead.
+    """
     names = [name.replace("|", "\\|") for name, _ in rows]
     results = [result for _, result in rows]
+    keep = [entity_rows is None or name in entity_rows for name, _ in rows]
     cer_rows = [
         [name, _number(r["cer"], 2)]
         + [str(r["counts"][key]) for key in ("ref_chars", "sub", "del", "ins")]
@@ -64,11 +71,13 @@ def render_results_tables(rows: list[tuple[str, dict[str, Any]]]) -> str:
     ]
     f1_rows = [
         [name] + [_number(r["f1"][key], 3) for key in (*ENTITY_TYPES, ALL)]
-        for name, r in zip(names, results)
+        for name, r, k in zip(names, results, keep)
+        if k
     ]
     taxonomy_rows = [
         [name] + [_number(r["taxonomy"][key], 1) for key, _ in _TAXONOMY_COLUMNS]
-        for name, r in zip(names, results)
+        for name, r, k in zip(names, results, keep)
+        if k
     ]
     return "\n\n".join(
         [

@@ -1,0 +1,1 @@
+../../TEMPLATE/llm1/llm.sh
