@@ -72,3 +72,30 @@ def test_make_results_collects_rows_and_commands(tmp_path):
     f1_table = text.split("### NER: F1")[1].split("###")[0]
     assert "0.812" in f1_table and "phase1 asr" not in f1_table
     assert "python -m train phase3" in text and "python -m decode decoder_only/decode_phase3_ner_his1" in text
+
+
+def _tiny_tokenizer(tmp_path, symbols):
+    from espnet2_ext.text.chatglm3_tokenizer import ChatGLM3Tokenizer, train_sentencepiece
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(["张伟在北京工作", "李娜去上海", "清华大学很好", "中国银行"] * 20) + "\n", encoding="utf-8")
+    return ChatGLM3Tokenizer(train_sentencepiece(corpus, tmp_path / "sp", 40, symbols))
+
+
+def test_check_tokenizer_passes_with_markup_and_markers(tmp_path):
+    from espnet2_ext.bin.check_tokenizer import check
+    from espnet2_ext.text.chatglm3_tokenizer import TASK_TOKENS
+
+    tok = _tiny_tokenizer(tmp_path, [*TASK_TOKENS, "[", "]", "(", ")", "<", ">"])
+    report = check(tok, {"u1": "[张伟]在(北京)工作", "u2": "<中国银行>", "u3": "王五"})
+    assert report["unknown_required"] == []
+    assert report["utterances_with_unk"] == ["u3"]
+    assert report["round_trip_failures"] == []
+
+
+def test_check_tokenizer_flags_missing_markup(tmp_path):
+    from espnet2_ext.bin.check_tokenizer import check
+
+    tok = _tiny_tokenizer(tmp_path, ["|asr|"])
+    report = check(tok, {"u1": "张伟"})
+    assert "|ner|" in report["unknown_required"] and "[" in report["unknown_required"]
