@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""Stage 0 of the mini recipe: synthesise a small corpus laid out exactly like AISHELL-1 + AISHELL-NER.
+
+Sentences come from templates filled with person, place and organisation names
+(lexicon.py); espeak-ng's Mandarin voice reads them with distinct speaker voices.
+The layout is the real corpora's, so the full recipe's data preparation reads it
+unchanged::
+
+    OUT/data_aishell/wav/{train,dev,test}/S0002/BAC009S0002W0001.wav   16 kHz mono 16-bit
+    OUT/data_aishell/transcript/aishell_transcript_v0.8.txt            uttid 词 词 词 (all splits)
+    OUT/aishell_ner/aishell_ner_transcript.{train,dev,test}.txt        uttid text-with-markup
+    OUT/speakers.txt                                                    speaker split voice speed pitch
+
+Design choices, and why:
+- Sentences are unique across the whole corpus, so dev/test hold only new
+  combinations; dev/test draw their entities from those spoken in train, because
+  tiny models cannot learn unseen names from a few thousand utterances.
+- Each speaker reads a sequence of short "stories" that keep returning to the
+  same few entities, so an utterance's history (its predecessors of the same
+  speaker) carries information, as in the paper's long-form experiments.
+- Output is a pure function of the arguments and this code: ``sox -D`` (no
+  dither) makes wav files byte-identical across runs, and an ``OUT/.done`` marker
+  holding the settings makes a rerun with the same settings a no-op.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+
+from espnet2_ext.text.ner_markup import BRACKETS, parse_markup
+from lexicon import ENTITY_TYPES, FILLERS, TEMPLATES
+
+SPLITS = ("train", "dev", "test")
+# AISHELL-1's speaker numbering: train S0002-S0723, dev S0724-S0763, test S0764-S0916.
+SPEAKER_RANGES = {"train": (2, 723), "dev": (724, 763), "test": (764, 916)}
+UTT_PREFIX = "BAC009"
+ESPEAK_VOICE = "cmn-latn-pinyin"
+VOICE_VARIANTS = tuple(f"m{i}" for i in range(1, 8)) + tuple(f"f{i}" for i in range(1, 6))
+SPEEDS = tuple(range(150, 211, 10))  # words per minute; slower voices make too long utterances
+PITCHES = tuple(range(30, 71, 5))
+MIN_CHARS, MAX_CHARS = 8, 20
+STORY_LENGTH = (3, 6)  # sentences per story (range of a speaker's focus entities)
+FOCUS_PROBABILITY = 0.6  # chance that an entity slot takes the story's entity
+MIN_EVAL_POOL = 3  # below this many train-seen entities of a type, dev/test use the full list
+MAX_TRIES = 2000  # attempts to find a new sentence before giving up
+NER_TRANSCRIPT = "aishell_ner_transcript.{split}.txt"
+AISHELL_TRANSCRIPT = "aishell_transcript_v0.8.txt"
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """One synthetic speaker: an AISHELL-style id and the espeak-ng settings that make the voice."""
+
+    spk_id: str
+    split: str
+    variant: str
+    speed: int
+    pitch: int
+
+    @property
+    def voice(self) -> str:
+        return f"{ESPEAK_VOICE}+{self.variant}"
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One sentence read by one speaker: its words (AISHELL-1 transcript) and its marked-up text (AISHELL-NER)."""
+
+    uttid: str
+    speaker: Speaker
+    words: tuple[str, ...]
+    marked: str
+
+    @property
+    def plain(self) -> str:
+        return "".join(self.words)
+
+
+class SentenceComposer:
+    """Fills templates with entities and fillers, never producing the same sentence twice."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.seen: set[str] = set()
+
+    def compose(self, pools: dict[str, Sequence[str]], focus: dict[str, str]) -> tuple[tuple[str, ...], str]:
+        """Return (words, marked text) of a new sentence of MIN_CHARS..MAX_CHARS characters."""
+        for _ in range(MAX_TRIES):
+            words, marked = self._fill(self.rng.choice(TEMPLATES), pools, focus)
+            plain = "".join(words)
+            if MIN_CHARS <= len(plain) <= MAX_CHARS and plain not in self.seen:
+                self.seen.add(plain)
+                return words, marked
+        raise RuntimeError(
+            f"no new sentence found in {MAX_TRIES} tries after {len(self.seen)} sentences: "
+            "the templates are exhausted, ask for fewer utterances"
+        )
+
+    def _fill(self, template: str, pools: dict[str, Sequence[str]],
+              focus: dict[str, str]) -> tuple[tuple[str, ...], str]:
+        words: list[str] = []
+        marked: list[str] = []
+        used: set[str] = set()
+        for token in template.split():
+            slot = token[1:-1] if token.startswith("{") else None
+            if slot in BRACKETS:
+                entity = self._entity(pools[slot], focus[slot], used)
+                used.add(entity)
+                words.append(entity)
+                opening, closing = BRACKETS[slot]
+                marked.append(f"{opening}{entity}{closing}")
+            else:
+                word = self.rng.choice(FILLERS[slot]) if slot else token
+                words.append(word)
+                marked.append(word)
+        return tuple(words), "".join(marked)
+
+    def _entity(self, pool: Sequence[str], focus: str, used: set[str]) -> str:
+        if focus not in used and self.rng.random() < FOCUS_PROBABILITY:
+            return focus
+        return self.rng.choice([e for e in pool if e not in used])
+
+    def focus(self, pools: dict[str, Sequence[str]]) -> dict[str, str]:
+        """Draw the entities a new story keeps returning to."""
+        return {etype: self.rng.choice(pool) for etype, pool in pools.items()}
+
+
+def make_speakers(rng: random.Random, counts: dict[str, int]) -> dict[str, list[Speaker]]:
+    """Give every split its own speakers, each with a distinct (variant, speed, pitch) voice."""
+    voices = list(product(VOICE_VARIANTS, SPEEDS, PITCHES))
+    if sum(counts.values()) > len(voices):
+        raise ValueError(f"at most {len(voices)} distinct voices exist, {sum(counts.values())} speakers asked for")
+    chosen = iter(rng.sample(voices, sum(counts.values())))
+    speakers: dict[str, list[Speaker]] = {}
+    for split in SPLITS:
+        first, last = SPEAKER_RANGES[split]
+        if not 1 <= counts[split] <= last - first + 1:
+            raise ValueError(f"{split}: between 1 and {last - first + 1} speakers allowed, got {counts[split]}")
+        speakers[split] = [
+            Speaker(f"S{first + i:04d}", split, *next(chosen)) for i in range(counts[split])
+        ]
+    return speakers
+
+
+def compose_corpus(num_utts: dict[str, int], num_speakers: dict[str, int], seed: int) -> list[Utterance]:
+    """All utterances of all splits, in id order within each split; train is composed first."""
+    rng = random.Random(seed)
+    speakers = make_speakers(rng, num_speakers)
+    composer = SentenceComposer(rng)
+    full = {etype: list(names) for etype, names in ENTITY_TYPES.items()}
+    utterances = read_by_speakers(composer, full, speakers["train"], num_utts["train"])
+    pools = eval_pools(utterances, full)
+    for split in ("dev", "test"):
+        utterances += read_by_speakers(composer, pools, speakers[split], num_utts[split])
+    return utterances
+
+
+def eval_pools(train: list[Utterance], full: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Entities spoken in train, per type (the full list where train has too few of a type)."""
+    spoken = {entity.surface for utt in train for entity in parse_markup(utt.marked).entities}
+    pools = {}
+    for etype, names in full.items():
+        seen = [name for name in names if name in spoken]
+        pools[etype] = seen if len(seen) >= MIN_EVAL_POOL else names
+    return pools
+
+
+def read_by_speakers(composer: SentenceComposer, pools: dict[str, Sequence[str]],
+                     speakers: list[Speaker], count: int) -> list[Utterance]:
+    """Split `count` sentences over the speakers; each reads consecutive stories."""
+    utterances = []
+    for index, speaker in enumerate(speakers):
+        share = count // len(speakers) + (index < count % len(speakers))
+        story_left = 0
+        focus: dict[str, str] = {}
+        for number in range(1, share + 1):
+            if story_left == 0:
+                story_left = composer.rng.randint(*STORY_LENGTH)
+                focus = composer.focus(pools)
+            story_left -= 1
+            words, marked = composer.compose(pools, focus)
+            uttid = f"{UTT_PREFIX}{speaker.spk_id}W{number:04d}"
+            utterances.append(Utterance(uttid, speaker, words, marked))
+    return utterances
+
+
+def wav_path(out: Path, utt: Utterance) -> Path:
+    return out / "data_aishell" / "wav" / utt.speaker.split / utt.speaker.spk_id / f"{utt.uttid}.wav"
+
+
+def synthesize(utt: Utterance, path: Path) -> None:
+    """Read the sentence with espeak-ng and resample to 16 kHz mono 16-bit without dither."""
+    spk = utt.speaker
+    espeak = subprocess.run(
+        ["espeak-ng", "-v", spk.voice, "-s", str(spk.speed), "-p", str(spk.pitch), "--stdout", utt.plain],
+        capture_output=True, check=False,
+    )
+    if espeak.returncode != 0 or not espeak.stdout:
+        raise RuntimeError(f"{utt.uttid}: espeak-ng failed: {espeak.stderr.decode(errors='replace').strip()}")
+    sox = subprocess.run(
+        ["sox", "-D", "-V1", "-t", "wav", "-", "-r", "16000", "-b", "16", "-c", "1", str(path)],
+        input=espeak.stdout, capture_output=True, check=False,
+    )
+    if sox.returncode != 0:
+        raise RuntimeError(f"{utt.uttid}: sox failed: {sox.stderr.decode(errors='replace').strip()}")
+
+
+def synthesize_all(out: Path, utterances: list[Utterance], nj: int) -> None:
+    """Synthesise in `nj` parallel espeak-ng/sox pipelines (threads only wait on those processes)."""
+    paths = [wav_path(out, utt) for utt in utterances]
+    for directory in sorted({path.parent for path in paths}):
+        directory.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=nj) as pool:
+        for _ in pool.map(synthesize, utterances, paths):
+            pass
+
+
+def write_transcripts(out: Path, utterances: list[Utterance]) -> None:
+    """AISHELL-1's one space-separated transcript for all splits, AISHELL-NER's one file per split."""
+    transcript = out / "data_aishell" / "transcript" / AISHELL_TRANSCRIPT
+    transcript.parent.mkdir(parents=True, exist_ok=True)
+    ordered = sorted(utterances, key=lambda utt: utt.uttid)
+    transcript.write_text("".join(f"{u.uttid} {' '.join(u.words)}\n" for u in ordered), encoding="utf-8")
+    ner_dir = out / "aishell_ner"
+    ner_dir.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        lines = [f"{u.uttid} {u.marked}\n" for u in ordered if u.speaker.split == split]
+        (ner_dir / NER_TRANSCRIPT.format(split=split)).write_text("".join(lines), encoding="utf-8")
+    speakers = sorted({u.speaker for u in utterances}, key=lambda spk: spk.spk_id)
+    (out / "speakers.txt").write_text(
+        "".join(f"{s.spk_id} {s.split} {s.voice} {s.speed} {s.pitch}\n" for s in speakers), encoding="utf-8"
+    )
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, object]:
+    """What determines the output: the arguments (not --out/--nj) and this code's version."""
+    code = hashlib.sha256()
+    for source in (Path(__file__), Path(__file__).with_name("lexicon.py")):
+        code.update(source.read_bytes())
+    settings = {key: value for key, value in vars(args).items() if key not in ("out", "nj")}
+    settings["code_sha256"] = code.hexdigest()
+    return settings
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="corpus root (gets data_aishell/ and aishell_ner/)")
+    parser.add_argument("--num_train", type=int, default=3000, help="train utterances")
+    parser.add_argument("--num_dev", type=int, default=300, help="dev utterances")
+    parser.add_argument("--num_test", type=int, default=300, help="test utterances")
+    parser.add_argument("--num_train_spk", type=int, default=12, help="train speakers")
+    parser.add_argument("--num_dev_spk", type=int, default=3, help="dev speakers")
+    parser.add_argument("--num_test_spk", type=int, default=3, help="test speakers")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    parser.add_argument("--nj", type=int, default=2, help="parallel synthesis jobs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_parser().parse_args(argv)
+    if args.nj < 1:
+        raise SystemExit(f"--nj must be at least 1, got {args.nj}")
+    counts = {"train": args.num_train, "dev": args.num_dev, "test": args.num_test}
+    if min(counts.values()) < 1:
+        raise SystemExit(f"every split needs at least one utterance, got {counts}")
+    out: Path = args.out
+    marker = out / ".done"
+    settings = settings_of(args)
+    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == settings:
+        print(f"{out}: corpus already made with these settings, skipping", file=sys.stderr)
+        return
+    marker.unlink(missing_ok=True)
+    for stale in ("data_aishell", "aishell_ner"):
+        shutil.rmtree(out / stale, ignore_errors=True)
+
+    start = time.monotonic()
+    speakers = {"train": args.num_train_spk, "dev": args.num_dev_spk, "test": args.num_test_spk}
+    try:
+        utterances = compose_corpus(counts, speakers, args.seed)
+    except (RuntimeError, ValueError) as error:
+        raise SystemExit(f"make_corpus: {error}") from error
+    write_transcripts(out, utterances)
+    synthesize_all(out, utterances, args.nj)
+    marker.write_text(json.dumps(settings, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"{out}: {len(utterances)} utterances ({counts}) synthesised in "
+          f"{time.monotonic() - start:.1f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

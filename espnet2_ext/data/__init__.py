@@ -1,0 +1,1 @@
+"""Corpus preparation: AISHELL-1 + AISHELL-NER into Kaldi data directories, and their validation."""
