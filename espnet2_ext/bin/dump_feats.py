@@ -1,0 +1,190 @@
+"""Dump Whisper log-mel features, or frozen Whisper encoder outputs, for one split of a data dir.
+
+Run by the recipe as ``JOB=1:nj`` jobs::
+
+    python -m espnet2_ext.bin.dump_feats --wav_scp data/train/wav.scp --key_file split/keys.JOB \\
+        --out_dir dump/train/mel --name feats.JOB [--n_mels 80 | --whisper PATH] \\
+        [--encoder_out --whisper PATH --pad_to_30s true --batch_size 8 --device cpu]
+
+writes ``NAME.ark``/``NAME.scp`` (float32 matrices: log-mel ``(T, n_mels)`` or,
+with ``--encoder_out``, encoder outputs ``(T', d)``), ``STEM_shape.JOB``
+(``uttid T,D``) and ``bad_utts.JOB`` (``uttid reason``), where ``NAME`` =
+``STEM.JOB``. With ``--pad_to_30s true`` features are Whisper's 30-s window and
+the encoder runs on it; what is written is trimmed to the valid frames
+(``T = min(N // 160, 3000)``, ``T' = (T - 1) // 2 + 1``); longer audio is
+cropped to 30 s and reported. Unreadable, missing, non-16-kHz, multi-channel or
+too-short audio is listed in ``bad_utts.JOB``; the exit code is non-zero for
+such items only with ``--strict``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+import soundfile as sf
+import torch
+from espnet2.utils.types import str2bool
+
+from espnet2_ext.speechllm.frontend import CHUNK_SAMPLES, HOP_LENGTH, SAMPLE_RATE, WhisperLogMel
+from espnet2_ext.speechllm.whisper_encoder import load_whisper_config, load_whisper_encoder
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class BadUtterance(Exception):
+    """An utterance that cannot be dumped; the message is the reason written to ``bad_utts``."""
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--wav_scp", type=Path, required=True, help="Kaldi wav.scp: 'uttid path/to.wav' lines")
+    parser.add_argument("--key_file", type=Path, help="utterance ids of this job (first field); default: all")
+    parser.add_argument("--out_dir", type=Path, required=True)
+    parser.add_argument("--name", default="feats", help="output stem, e.g. feats.3 -> feats.3.ark/.scp")
+    parser.add_argument("--n_mels", type=int, help="mel bins (default 80, or --whisper's num_mel_bins)")
+    parser.add_argument("--whisper", type=Path, help="Whisper HF directory or OpenAI .pt (n_mels, encoder)")
+    parser.add_argument("--encoder_out", action="store_true", help="dump frozen encoder outputs, not log-mel")
+    parser.add_argument("--pad_to_30s", type=str2bool, default=False, help="Whisper's 30-s windows")
+    parser.add_argument("--batch_size", type=int, default=8, help="utterances per encoder batch")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="encoder dtype")
+    parser.add_argument("--strict", action="store_true", help="exit non-zero when any utterance is bad")
+    return parser
+
+
+def read_wav_scp(path: Path) -> dict[str, str]:
+    """``uttid value`` lines; malformed lines and duplicate ids are errors naming file and line."""
+    table: dict[str, str] = {}
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.strip().split(maxsplit=1)
+            if not fields:
+                continue
+            if len(fields) != 2:
+                raise ValueError(f"{path}:{lineno}: expected 'uttid path', got {line.strip()!r}")
+            if fields[0] in table:
+                raise ValueError(f"{path}:{lineno}: duplicate utterance id {fields[0]}")
+            table[fields[0]] = fields[1]
+    return table
+
+
+def read_keys(path: Path, wav_scp: dict[str, str], wav_scp_path: Path) -> list[str]:
+    keys = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if fields[0] not in wav_scp:
+                raise ValueError(f"{path}:{lineno}: utterance {fields[0]} is not in {wav_scp_path}")
+            keys.append(fields[0])
+    return keys
+
+
+def read_wave(value: str) -> np.ndarray:
+    """Mono 16-kHz samples of a wav.scp value, or :class:`BadUtterance` saying why not."""
+    if value.endswith("|"):
+        raise BadUtterance(f"pipe commands are not supported ({value!r}); give a file path")
+    path = Path(value)
+    if not path.is_file():
+        raise BadUtterance(f"file not found: {path}")
+    try:
+        samples, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise BadUtterance(f"unreadable audio {path}: {err}") from err
+    if rate != SAMPLE_RATE:
+        raise BadUtterance(f"{path}: sample rate {rate} Hz, expected {SAMPLE_RATE} Hz")
+    if samples.shape[1] != 1:
+        raise BadUtterance(f"{path}: {samples.shape[1]} channels, expected mono")
+    if samples.shape[0] < HOP_LENGTH:
+        raise BadUtterance(f"{path}: {samples.shape[0]} samples, fewer than one {HOP_LENGTH}-sample hop")
+    return samples[:, 0]
+
+
+def read_good_waves(
+    keys: list[str], wav_scp: dict[str, str], max_samples: int | None, crop_at_30s: bool, bad: list[tuple[str, str]]
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield ``(uttid, wave)`` for readable utterances; append ``(uttid, reason)`` to ``bad`` for the rest."""
+    for uttid in keys:
+        try:
+            wave = read_wave(wav_scp[uttid])
+            if max_samples is not None and len(wave) > max_samples:
+                seconds = len(wave) / SAMPLE_RATE
+                raise BadUtterance(f"{seconds:.1f} s is longer than the encoder's 30 s; use --pad_to_30s")
+        except BadUtterance as err:
+            logging.warning(f"{uttid}: {err}")
+            bad.append((uttid, str(err)))
+            continue
+        if crop_at_30s and len(wave) > CHUNK_SAMPLES:
+            logging.warning(f"{uttid}: {len(wave) / SAMPLE_RATE:.1f} s cropped to 30 s")
+        yield uttid, wave
+
+
+def _batches(items: Iterator[tuple[str, np.ndarray]], size: int) -> Iterator[list[tuple[str, np.ndarray]]]:
+    batch: list[tuple[str, np.ndarray]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _output_paths(out_dir: Path, name: str) -> tuple[Path, Path, Path, Path]:
+    """``feats.3`` -> feats.3.ark, feats.3.scp, feats_shape.3, bad_utts.3."""
+    stem, job = re.fullmatch(r"(.*?)((?:\.\d+)?)", name).groups()
+    shape_file, bad_file = out_dir / f"{stem}_shape{job}", out_dir / f"bad_utts{job}"
+    return out_dir / f"{name}.ark", out_dir / f"{name}.scp", shape_file, bad_file
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    if args.encoder_out and args.whisper is None:
+        raise SystemExit("--encoder_out needs --whisper PATH")
+    n_mels = args.n_mels or 80
+    if args.whisper is not None:
+        n_mels = load_whisper_config(args.whisper).num_mel_bins
+        if args.n_mels not in (None, n_mels):
+            raise SystemExit(f"--n_mels {args.n_mels} contradicts {args.whisper} (num_mel_bins {n_mels})")
+
+    wav_scp = read_wav_scp(args.wav_scp)
+    keys = read_keys(args.key_file, wav_scp, args.wav_scp) if args.key_file else list(wav_scp)
+    frontend = WhisperLogMel(n_mels=n_mels, pad_to_30s=args.pad_to_30s).to(args.device)
+    encoder = None
+    if args.encoder_out:
+        encoder = load_whisper_encoder(args.whisper, args.pad_to_30s, dtype=DTYPES[args.dtype], device=args.device)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    ark, scp, shape_file, bad_file = _output_paths(args.out_dir, args.name)
+    bad: list[tuple[str, str]] = []
+    max_samples = CHUNK_SAMPLES if args.encoder_out and not args.pad_to_30s else None
+    waves = read_good_waves(keys, wav_scp, max_samples, args.pad_to_30s, bad)
+    written = 0
+    with kaldiio.WriteHelper(f"ark,scp:{ark},{scp}") as writer, shape_file.open("w", encoding="utf-8") as shapes:
+        for batch in _batches(waves, args.batch_size if encoder is not None else 1):
+            padded = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(w) for _, w in batch], batch_first=True)
+            lengths = torch.tensor([len(w) for _, w in batch])
+            with torch.no_grad():
+                out, out_lengths = frontend(padded.to(args.device), lengths.to(args.device))
+                if encoder is not None:
+                    out, out_lengths = encoder(out.to(DTYPES[args.dtype]), out_lengths)
+            for b, (uttid, _) in enumerate(batch):
+                matrix = out[b, : int(out_lengths[b])].float().cpu().numpy()
+                writer(uttid, matrix)
+                shapes.write(f"{uttid} {matrix.shape[0]},{matrix.shape[1]}\n")
+            written += len(batch)
+    bad_file.write_text("".join(f"{uttid} {reason}\n" for uttid, reason in bad), encoding="utf-8")
+    logging.info(f"{scp}: {written} written, {len(bad)} bad (listed in {bad_file})")
+    return 1 if bad and args.strict else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
