@@ -1,0 +1,75 @@
+"""The frozen pretrained parts as ESPnet class choices: speech encoders and the LLM source.
+
+``--encoder whisper`` runs the frozen Whisper encoder on log-mel input; ``--encoder precomputed``
+takes encoder outputs dumped once by the recipe (the frozen encoder gives the same frames every
+epoch, so running it again is wasted work). Both report how input-frame boundaries map to
+output frames, so the model can find each concatenated utterance in the encoder output.
+``meta=True`` builds on the meta device from the config alone (parameter counting).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GlmForCausalLM
+
+from espnet2_ext.speechllm.chatglm3 import load_chatglm3
+from espnet2_ext.speechllm.whisper_encoder import (
+    FrozenWhisperEncoder,
+    encoder_output_lengths,
+    load_whisper_config,
+    load_whisper_encoder,
+)
+
+
+class PrecomputedEncoder(nn.Module):
+    """Identity over cached encoder outputs (T', output_size)."""
+
+    def __init__(self, output_size: int = 1280) -> None:
+        super().__init__()
+        self._output_size = output_size
+
+    def output_size(self) -> int:
+        return self._output_size
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return lengths
+
+    def forward(self, feats: torch.Tensor, feats_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if feats.size(-1) != self._output_size:
+            raise ValueError(
+                f"precomputed encoder output has {feats.size(-1)} dims, config says output_size={self._output_size}"
+            )
+        return feats, feats_lengths
+
+
+class WhisperSpeechEncoder(nn.Module):
+    """The frozen Whisper encoder on log-mel (T, n_mels) input; output frame rate is half the input's."""
+
+    def __init__(self, path: str, pad_to_30s: bool = True, meta: bool = False) -> None:
+        super().__init__()
+        if meta:
+            with torch.device("meta"):
+                self.whisper = FrozenWhisperEncoder(load_whisper_config(path), pad_to_30s=pad_to_30s)
+        else:
+            self.whisper = load_whisper_encoder(path, pad_to_30s=pad_to_30s)
+
+    def output_size(self) -> int:
+        return self.whisper.config.d_model
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return encoder_output_lengths(lengths)
+
+    def forward(self, feats: torch.Tensor, feats_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.whisper(feats, feats_lengths)
+
+
+class ChatGLM3Source:
+    """Where the base LLM comes from (``--llm chatglm3 --llm_conf path=DIR``); :meth:`load` builds it."""
+
+    def __init__(self, path: str, dtype: str = "float32") -> None:
+        self.path = path
+        self.dtype = getattr(torch, dtype)
+
+    def load(self, meta: bool = False) -> GlmForCausalLM:
+        return load_chatglm3(self.path, dtype=self.dtype, meta=meta)

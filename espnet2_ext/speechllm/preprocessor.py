@@ -1,0 +1,186 @@
+"""Turns one utterance into a Table-1 training example: concatenated speech, segment layout, prompt, target.
+
+ESPnet hands the preprocessor one utterance (``speech`` (T, D) float, ``text`` with entity
+markup); the other utterances a format needs (random partners for short-form ASR, history for
+long-form ASR and CoT NER) are read here by utterance id from ``feats_scp`` (kaldiio, lazy)
+and ``text_file``. ``history_file`` lines are ``uttid prev_1 … prev_n``: that utterance's
+predecessors from the same speaker in chronological order, **most recent last**; k history
+utterances are the last k entries.
+
+Output (all numpy): ``speech`` (T, D) float32 segments back to back (history oldest first,
+current last), ``speech_segments`` int64 frames per segment, ``num_history`` int64 (1,) (γ goes
+before the current segment when > 0), ``prompt`` int64 ids of ``|asr|``, ``text`` int64 target
+ids + eos (see :mod:`prompts`).
+
+The input never exceeds ``max_input_frames`` (30 s: 1500 encoder frames or 3000 mel frames):
+the current utterance is always kept whole and history/partner utterances are added only
+while they fit whole, nearest first, so every transcript in the target matches audio in the
+input (a partly cropped history utterance would ask the model to transcribe speech it cannot
+hear). A current utterance longer than the limit is an error naming it.
+
+Randomness (task choice, number of concatenated/history utterances, partners) is drawn from a
+generator seeded by (seed, epoch, utterance id), so an epoch is reproducible, also after
+``--resume`` and with data-loader workers; the task sets the epoch via :meth:`set_epoch`.
+In eval mode (``train=False``) nothing is random: ``eval_task``, ``eval_history`` history
+utterances, no concatenation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+from espnet2.train.preprocessor import AbsPreprocessor
+
+from espnet2_ext.speechllm.prompts import build_target_text, check_task
+from espnet2_ext.text.chatglm3_tokenizer import ASR_TOKEN, ChatGLM3Tokenizer
+from espnet2_ext.text.kaldi_text import read_kaldi_text_lines
+from espnet2_ext.text.ner_markup import parse_markup
+
+
+def _as_list(paths: str | Sequence[str] | None) -> list[str]:
+    if paths is None:
+        return []
+    return [paths] if isinstance(paths, (str, Path)) else list(paths)
+
+
+def read_history_file(path: str | Path) -> dict[str, list[str]]:
+    """``uttid prev_1 … prev_n`` per line (most recent last) -> {uttid: [prev_1, …]}; duplicates are errors."""
+    history: dict[str, list[str]] = {}
+    with open(path, encoding="utf-8") as stream:
+        for line_no, line in enumerate(stream, start=1):
+            fields = line.split()
+            if not fields:
+                raise ValueError(f"{path}:{line_no}: blank line (expected 'uttid prev_1 … prev_n')")
+            if fields[0] in history:
+                raise ValueError(f"{path}:{line_no}: duplicate utterance id {fields[0]}")
+            history[fields[0]] = fields[1:]
+    return history
+
+
+class SpeechLLMPreprocessor(AbsPreprocessor):
+    """Builds Table-1 examples; see the module docstring for the data flow and the decisions."""
+
+    def __init__(
+        self,
+        train: bool,
+        tokenizer_file: str,
+        feats_scp: str | Sequence[str],
+        text_file: str | Sequence[str],
+        history_file: str | Sequence[str] | None = None,
+        tasks: Mapping[str, float] | None = None,
+        max_concat: int = 1,
+        max_history: int = 0,
+        eval_task: str = "short_asr",
+        eval_history: int = 0,
+        max_input_frames: int = 1500,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(train)
+        self.tasks = dict(tasks or {"short_asr": 1.0})
+        for task, weight in self.tasks.items():
+            check_task(task)
+            if weight < 0:
+                raise ValueError(f"task weight of {task} is negative: {weight}")
+        if sum(self.tasks.values()) <= 0:
+            raise ValueError(f"task weights {self.tasks} sum to zero")
+        self.eval_task = check_task(eval_task)
+        if max_concat < 1 or max_history < 0 or eval_history < 0 or max_input_frames < 1:
+            raise ValueError("need max_concat >= 1, max_history >= 0, eval_history >= 0, max_input_frames >= 1")
+        self.max_concat, self.max_history, self.eval_history = max_concat, max_history, eval_history
+        self.max_input_frames = max_input_frames
+        self.seed = seed
+        self.epoch = 0
+        self.tokenizer = ChatGLM3Tokenizer(tokenizer_file)
+        self.prompt_ids = np.asarray(self.tokenizer.encode(ASR_TOKEN), dtype=np.int64)
+        self.feats: dict[str, object] = {}
+        for scp in _as_list(feats_scp):
+            self.feats.update(kaldiio.load_scp(str(scp)))
+        self.texts: dict[str, str] = {}
+        for path in _as_list(text_file):
+            for line in read_kaldi_text_lines(path):
+                parse_markup(line.text, path=str(path), line=line.line_no, utt_id=line.utt_id)
+                self.texts[line.utt_id] = line.text
+        self.history: dict[str, list[str]] = {}
+        for path in _as_list(history_file):
+            self.history.update(read_history_file(path))
+        self.utt_ids = sorted(self.texts)
+        needs_history = self.eval_task != "short_asr" or any(t != "short_asr" for t in self.tasks)
+        if needs_history and not self.history:
+            raise ValueError("long_asr/cot_ner need a history_file")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rng(self, uid: str) -> np.random.Generator:
+        digest = hashlib.sha256(f"{self.seed}/{self.epoch}/{uid}".encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+    def _speech(self, uid: str, like: np.ndarray, context: str) -> np.ndarray:
+        if uid not in self.feats:
+            raise KeyError(f"utterance {uid} ({context}) is not in the feats scp")
+        feats = np.asarray(self.feats[uid], dtype=np.float32)
+        if feats.ndim != 2 or feats.shape[1] != like.shape[1]:
+            raise ValueError(f"utterance {uid} ({context}): features {feats.shape} do not match {like.shape}")
+        return feats
+
+    def _text(self, uid: str, context: str) -> str:
+        if uid not in self.texts:
+            raise KeyError(f"utterance {uid} ({context}) has no transcript in the text file")
+        return self.texts[uid]
+
+    def _history_ids(self, uid: str, count: int) -> list[str]:
+        if uid not in self.history:
+            raise KeyError(f"utterance {uid} is not in the history file")
+        return self.history[uid][-count:] if count else []
+
+    def __call__(self, uid: str, data: dict) -> dict[str, np.ndarray]:
+        current = np.asarray(data["speech"], dtype=np.float32)
+        if current.ndim != 2:
+            raise ValueError(f"utterance {uid}: speech must be (frames, dims), got {current.shape}")
+        if current.shape[0] > self.max_input_frames:
+            raise ValueError(
+                f"utterance {uid}: {current.shape[0]} frames exceed max_input_frames={self.max_input_frames}"
+            )
+        text = data["text"]
+        parse_markup(text, utt_id=uid)
+        rng = self._rng(uid)
+        if self.train:
+            names = list(self.tasks)
+            weights = np.asarray([self.tasks[n] for n in names], dtype=np.float64)
+            task = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+        else:
+            task = self.eval_task
+        budget = self.max_input_frames - current.shape[0]
+        segments, texts = [current], [text]
+        if task == "short_asr":
+            count = int(rng.integers(1, self.max_concat + 1)) if self.train else 1
+            for partner in (rng.choice(self.utt_ids, size=count - 1) if count > 1 else []):
+                feats = self._speech(str(partner), current, f"concatenated with {uid}")
+                if feats.shape[0] <= budget:
+                    budget -= feats.shape[0]
+                    segments.append(feats)
+                    texts.append(self._text(str(partner), f"concatenated with {uid}"))
+            num_history = 0
+        else:
+            count = int(rng.integers(0, self.max_history + 1)) if self.train else self.eval_history
+            for previous in reversed(self._history_ids(uid, count)):
+                feats = self._speech(previous, current, f"history of {uid}")
+                if feats.shape[0] > budget:
+                    break
+                budget -= feats.shape[0]
+                segments.insert(0, feats)
+                texts.insert(0, self._text(previous, f"history of {uid}"))
+            num_history = len(segments) - 1
+        target = build_target_text(task, texts[:-1], texts[-1])
+        ids = self.tokenizer.encode(target) + [self.tokenizer.eos_id]
+        return {
+            "speech": np.concatenate(segments),
+            "speech_segments": np.asarray([s.shape[0] for s in segments], dtype=np.int64),
+            "num_history": np.asarray([num_history], dtype=np.int64),
+            "prompt": self.prompt_ids.copy(),
+            "text": np.asarray(ids, dtype=np.int64),
+        }

@@ -1,0 +1,178 @@
+"""ESPnet2 task for the speech-LLM: Whisper/cached encoder output -> connector -> ChatGLM3.
+
+Choices: ``--encoder {precomputed,whisper}`` (``precomputed``: cached encoder outputs, the
+default; ``whisper``: log-mel input through the frozen encoder — the encoder choice *is* the
+input type, so there is no separate ``--input_type`` to keep in agreement with it),
+``--connector {adapter,cross_attention}``, ``--llm chatglm3``. Options: ``--tokenizer_file``,
+``--llm_finetune {lora,full,frozen}``, ``--lora_conf``, ``--preprocessor_conf``.
+
+The preprocessor looks other utterances up by id. Its ``feats_scp``/``text_file`` default to the
+``speech``/``text`` entries of ``--train_data_path_and_name_and_type`` (training) or of both
+the valid and the train entries (evaluation: valid, and collect-stats over train);
+``history_file`` must be given in ``--preprocessor_conf`` when a long-form task is used.
+
+Only trainable parameters reach the optimizer, and only they are checkpointed (see
+:class:`SpeechLLMModel`). The preprocessor learns the epoch from the iterator factory so its
+random formats are reproducible per epoch, also after ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from espnet2.iterators.abs_iter_factory import AbsIterFactory
+from espnet2.tasks.abs_task import AbsTask, optim_classes
+from espnet2.train.class_choices import ClassChoices
+from espnet2.train.collate_fn import CommonCollateFn
+from espnet2.train.trainer import Trainer
+from espnet2.utils.nested_dict_action import NestedDictAction
+from espnet2.utils.types import str2bool, str_or_none
+
+from espnet2_ext.speechllm.backbones import ChatGLM3Source, PrecomputedEncoder, WhisperSpeechEncoder
+from espnet2_ext.speechllm.connectors import AdapterConnector, CrossAttentionConnector, SpeechConnector
+from espnet2_ext.speechllm.espnet_model import SpeechLLMModel
+from espnet2_ext.speechllm.lora import LLM_FINETUNE_MODES, configure_llm_finetuning
+from espnet2_ext.speechllm.param_table import format_parameter_table, parameter_counts
+from espnet2_ext.speechllm.preprocessor import SpeechLLMPreprocessor
+from espnet2_ext.text.chatglm3_tokenizer import ChatGLM3Tokenizer
+
+encoder_choices = ClassChoices(
+    "encoder",
+    classes=dict(precomputed=PrecomputedEncoder, whisper=WhisperSpeechEncoder),
+    default="precomputed",
+)
+connector_choices = ClassChoices(
+    "connector",
+    classes=dict(adapter=AdapterConnector, cross_attention=CrossAttentionConnector),
+    type_check=SpeechConnector,
+    default="adapter",
+)
+llm_choices = ClassChoices("llm", classes=dict(chatglm3=ChatGLM3Source), default="chatglm3")
+
+
+class _EpochSettingIterFactory(AbsIterFactory):
+    """Tells the preprocessor the epoch before the epoch's data loader is built."""
+
+    def __init__(self, inner: AbsIterFactory, preprocessor: SpeechLLMPreprocessor) -> None:
+        self.inner = inner
+        self.preprocessor = preprocessor
+
+    def build_iter(self, epoch: int, shuffle: bool | None = None):
+        self.preprocessor.set_epoch(epoch)
+        return self.inner.build_iter(epoch, shuffle)
+
+
+def _data_paths(entries: Sequence[Sequence[str]] | None, name: str) -> list[str]:
+    return [path for path, data_name, _ in (entries or []) if data_name == name]
+
+
+class SpeechLLMTask(AbsTask):
+    """Speech-LLM ASR/NER training (Table-1 formats, three phases via configs)."""
+
+    num_optimizers: int = 1
+    class_choices_list = [encoder_choices, connector_choices, llm_choices]
+    trainer = Trainer
+
+    @classmethod
+    def add_task_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group(description="Task related")
+        group.add_argument("--tokenizer_file", type=str_or_none, default=None,
+                           help="ChatGLM3 sentencepiece tokenizer.model")
+        group.add_argument("--llm_finetune", type=str, default="lora", choices=LLM_FINETUNE_MODES,
+                           help="lora: peft LoRA on the LLM projections; full: train the whole LLM; frozen: none")
+        group.add_argument("--lora_conf", action=NestedDictAction, default=dict(),
+                           help="peft LoraConfig overrides (defaults: r 32, alpha 64, dropout 0.05)")
+        group.add_argument("--preprocessor_conf", action=NestedDictAction, default=dict(),
+                           help="SpeechLLMPreprocessor options (tasks, max_concat, max_history, "
+                           "eval_task, eval_history, max_input_frames, history_file, ...)")
+        group.add_argument("--use_preprocessor", type=str2bool, default=True,
+                           help="Build Table-1 examples (needed for training)")
+        for class_choices in cls.class_choices_list:
+            class_choices.add_arguments(group)
+
+    @classmethod
+    def build_collate_fn(cls, args: argparse.Namespace, train: bool) -> Callable:
+        """Right-padded batches (ids padded with 0); the model re-packs them left-padded."""
+        return CommonCollateFn(float_pad_value=0.0, int_pad_value=0, not_sequence=["num_history"])
+
+    @classmethod
+    def build_preprocess_fn(
+        cls, args: argparse.Namespace, train: bool
+    ) -> Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]] | None:
+        if not args.use_preprocessor:
+            return None
+        conf = dict(args.preprocessor_conf)
+        sources = [args.train_data_path_and_name_and_type]
+        if not train:
+            sources.insert(0, getattr(args, "valid_data_path_and_name_and_type", None))
+        conf.setdefault("feats_scp", [p for s in sources for p in _data_paths(s, "speech")])
+        conf.setdefault("text_file", [p for s in sources for p in _data_paths(s, "text")])
+        conf.setdefault("seed", args.seed)
+        return SpeechLLMPreprocessor(train=train, tokenizer_file=args.tokenizer_file, **conf)
+
+    @classmethod
+    def required_data_names(cls, train: bool = True, inference: bool = False) -> tuple[str, ...]:
+        return ("speech",) if inference else ("speech", "text")
+
+    @classmethod
+    def optional_data_names(cls, train: bool = True, inference: bool = False) -> tuple[str, ...]:
+        return ()
+
+    @classmethod
+    def build_iter_factory(cls, args, distributed_option, mode: str, kwargs: dict | None = None):
+        factory = super().build_iter_factory(args, distributed_option, mode, kwargs)
+        preprocessor = getattr(getattr(factory, "dataset", None), "preprocess", None)
+        if isinstance(preprocessor, SpeechLLMPreprocessor):
+            return _EpochSettingIterFactory(factory, preprocessor)
+        return factory
+
+    @classmethod
+    def build_optimizers(cls, args: argparse.Namespace, model: torch.nn.Module) -> list[torch.optim.Optimizer]:
+        """The configured optimizer over the trainable parameters only (frozen Whisper/LLM excluded)."""
+        if args.sharded_ddp or args.exclude_weight_decay:
+            raise ValueError("sharded_ddp and exclude_weight_decay are not supported by SpeechLLMTask")
+        optim_class = optim_classes.get(args.optim)
+        if optim_class is None:
+            raise ValueError(f"--optim must be one of {list(optim_classes)}: {args.optim}")
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        return [optim_class(trainable, **args.optim_conf)]
+
+    @classmethod
+    def build_model(cls, args: argparse.Namespace) -> SpeechLLMModel:
+        return cls.build_model_on(args, meta=False)
+
+    @classmethod
+    def build_model_on(cls, args: argparse.Namespace, meta: bool) -> SpeechLLMModel:
+        """Build the model; ``meta=True`` builds on the meta device from configs alone (no weights)."""
+        if args.tokenizer_file is None and not meta:
+            raise ValueError("--tokenizer_file is required")
+        encoder_class = encoder_choices.get_class(args.encoder)
+        encoder_conf = dict(args.encoder_conf)
+        if encoder_class is WhisperSpeechEncoder:
+            encoder_conf["meta"] = meta
+        encoder = encoder_class(**encoder_conf)
+        llm = llm_choices.get_class(args.llm)(**args.llm_conf).load(meta=meta)
+        context = torch.device("meta") if meta else torch.device("cpu")
+        with context:
+            connector = connector_choices.get_class(args.connector).build(
+                encoder.output_size(), llm.config, **args.connector_conf
+            )
+        configure_llm_finetuning(llm, args.llm_finetune, args.lora_conf)
+        encoder.requires_grad_(False)
+        if meta:
+            prefix_ids, eos_id = [0, 0], 2
+        else:
+            tokenizer = ChatGLM3Tokenizer(args.tokenizer_file)
+            if tokenizer.vocab_size > llm.config.vocab_size:
+                raise ValueError(
+                    f"tokenizer {args.tokenizer_file} has {tokenizer.vocab_size} ids, the LLM only "
+                    f"{llm.config.vocab_size}"
+                )
+            prefix_ids, eos_id = tokenizer.prefix_ids, tokenizer.eos_id
+        model = SpeechLLMModel(encoder, connector, llm, prefix_ids, eos_id)
+        logging.info("Parameters per component:\n%s", format_parameter_table(parameter_counts(model)))
+        return model

@@ -1,0 +1,84 @@
+"""Connectors: frame stacking, γ placement, sizes, and the gated cross-attention inside Glm layers."""
+
+import copy
+
+import pytest
+import torch
+from helpers_tiny import make_llm
+
+from espnet2_ext.speechllm.connectors import (
+    AdapterConnector,
+    CrossAttentionConnector,
+    CrossAttentionDecoderLayer,
+    stack_frames,
+)
+
+
+def test_stack_frames_pads_the_tail():
+    frames = torch.arange(14.0).view(7, 2)
+    stacked = stack_frames(frames, 5)
+    assert stacked.shape == (2, 10)
+    assert stacked[0].tolist() == list(range(10))
+    assert stacked[1].tolist() == [10, 11, 12, 13] + [0] * 6
+
+
+def test_segments_are_stacked_separately_with_gamma_before_current():
+    conn = AdapterConnector(input_size=2, llm_hidden=4, stack=2, hidden_size=8)
+    frames = torch.randn(2, 6, 2)
+    segments = torch.tensor([[3, 3], [4, 0]])
+    tokens, lengths = conn(frames, segments, torch.tensor([2, 1]), torch.tensor([1, 0]))
+    assert lengths.tolist() == [2 + 1 + 2, 2]
+    assert torch.equal(tokens[0, 2], conn.gamma)
+    # Segment 2 of item 0 starts a fresh stack: its first token depends on frames 3,4 only.
+    expected = conn.layers(torch.cat([frames[0, 3], frames[0, 4]]))
+    assert torch.allclose(tokens[0, 3], expected)
+    assert torch.equal(tokens[1, 2:], torch.zeros(3, 4))
+
+
+def test_history_must_leave_a_current_segment():
+    conn = AdapterConnector(input_size=2, llm_hidden=4, stack=2, hidden_size=8)
+    with pytest.raises(ValueError, match="history"):
+        conn(torch.randn(1, 4, 2), torch.tensor([[4]]), torch.tensor([1]), torch.tensor([1]))
+
+
+def _full_size(connector_class, **kwargs):
+    with torch.device("meta"):
+        conn = connector_class(input_size=1280, llm_hidden=4096, **kwargs)
+    return sum(p.numel() for p in conn.parameters())
+
+
+def test_full_size_parameter_counts_match_the_paper():
+    assert abs(_full_size(AdapterConnector) / 43.0e6 - 1) < 0.01
+    assert abs(_full_size(CrossAttentionConnector, num_layers=28) / 437e6 - 1) < 0.01
+
+
+def _speech_memory(conn, batch=2):
+    tokens, lengths = conn(torch.randn(batch, 6, 8), torch.tensor([[6]] * batch), torch.ones(batch, dtype=torch.long),
+                           torch.zeros(batch, dtype=torch.long))
+    return conn.memory(tokens, lengths)
+
+
+def test_zero_gates_leave_the_llm_unchanged():
+    llm = make_llm(vocab_size=50)
+    plain = copy.deepcopy(llm)
+    conn = CrossAttentionConnector.build(8, llm.config, stack=2, attention_dim=16, num_heads=2)
+    conn.attach(llm)
+    assert all(isinstance(layer, CrossAttentionDecoderLayer) for layer in llm.model.layers)
+    ids = torch.randint(3, 50, (2, 7))
+    with torch.no_grad():
+        got = llm(input_ids=ids, speech_memory=_speech_memory(conn)).logits
+        want = plain(input_ids=ids).logits
+    assert torch.equal(got, want)
+    assert set(dict(llm.named_parameters())) == set(dict(plain.named_parameters()))
+
+
+def test_open_gates_change_the_output_and_get_gradients():
+    llm = make_llm(vocab_size=50)
+    conn = CrossAttentionConnector.build(8, llm.config, stack=2, attention_dim=16, num_heads=2, gate_init=1.0)
+    conn.attach(llm)
+    ids = torch.randint(3, 50, (2, 7))
+    with_speech = llm(input_ids=ids, speech_memory=_speech_memory(conn)).logits
+    without = llm(input_ids=ids).logits
+    assert not torch.allclose(with_speech, without)
+    with_speech.sum().backward()
+    assert all(block.gate.grad is not None and block.speech_proj.weight.grad is not None for block in conn.blocks)
