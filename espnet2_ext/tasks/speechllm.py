@@ -9,7 +9,7 @@ input type, so there is no separate ``--input_type`` to keep in agreement with i
 The preprocessor looks other utterances up by id. Its ``feats_scp``/``text_file`` default to the
 ``speech``/``text`` entries of ``--train_data_path_and_name_and_type`` (training) or of both
 the valid and the train entries (evaluation: valid, and collect-stats over train);
-``history_file`` must be given in ``--preprocessor_conf`` when a long-form task is used.
+``history_file`` defaults to the ``history`` lists next to those text files (Kaldi data dirs).
 
 Only trainable parameters reach the optimizer, and only they are checkpointed (see
 :class:`SpeechLLMModel`). The preprocessor learns the epoch from the iterator factory so its
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -111,6 +112,8 @@ class SpeechLLMTask(AbsTask):
             sources.insert(0, getattr(args, "valid_data_path_and_name_and_type", None))
         conf.setdefault("feats_scp", [p for s in sources for p in _data_paths(s, "speech")])
         conf.setdefault("text_file", [p for s in sources for p in _data_paths(s, "text")])
+        # Kaldi data dirs carry their speakers' history lists next to `text` (stage 1 writes them).
+        conf.setdefault("history_file", [h for t in conf["text_file"] if (h := Path(t).parent / "history").is_file()])
         conf.setdefault("seed", args.seed)
         return SpeechLLMPreprocessor(train=train, tokenizer_file=args.tokenizer_file, **conf)
 

@@ -204,6 +204,10 @@ train_phase() {
     [ -n "${config}" ] || { log "Error: --phase${n}_config is required"; exit 2; }
     log "Stage $((n + 4)): phase ${n} training (${config}) -> ${outdir}"
     mkdir -p "${outdir}"
+    # The YAML's encoder decides the input: `precomputed` reads the stage-3 encoder outputs,
+    # `whisper` runs the frozen encoder on log-mel (--input_type mel) and needs its path.
+    local encoder_opts=()
+    [ "${input_type}" = mel ] && encoder_opts=(--encoder_conf "path=${whisper}" --encoder_conf "pad_to_30s=${pad_to_30s}")
     local init_opts=()
     [ -n "${init}" ] && init_opts=(--init_param "${init}")
     local _cmd=${cuda_cmd}; [ "${ngpu}" -eq 0 ] && _cmd=${train_cmd}
@@ -211,8 +215,7 @@ train_phase() {
     ${_cmd} --gpu "${ngpu}" "${outdir}/train.log" \
         python -m espnet2_ext.bin.speechllm_train \
             --config "${config}" --ngpu "${ngpu}" --num_nodes "${num_nodes}" --output_dir "${outdir}" --resume true \
-            --input_type "${input_type}" --encoder_conf "path=${whisper}" --encoder_conf "pad_to_30s=${pad_to_30s}" \
-            --llm_conf "path=${llm}" --tokenizer_file "${llm}/tokenizer.model" \
+            --llm_conf "path=${llm}" --tokenizer_file "${llm}/tokenizer.model" "${encoder_opts[@]}" \
             --train_data_path_and_name_and_type "${dumpdir}/${feats_name}/${train_set}/feats.scp,speech,kaldi_ark" \
             --train_data_path_and_name_and_type "${datadir}/${train_set}/text,text,text" \
             --valid_data_path_and_name_and_type "${dumpdir}/${feats_name}/${valid_set}/feats.scp,speech,kaldi_ark" \
