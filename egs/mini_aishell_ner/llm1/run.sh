@@ -21,37 +21,41 @@ log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${0##*/}) $*"; }
 SECONDS=0
 
 if [ "${fast}" = true ]; then
-    corpus_opts="--num_train 400 --num_dev 40 --num_test 40"
-    conf=conf/fast
+    corpus_opts="--num_train 300 --num_dev 30 --num_test 30"
+    stand_ins_conf=conf/stand_ins_fast.yaml
+    train_args="--max_epoch 1"
+    expdir=exp_fast; corpus=${corpus}_fast
 else
     corpus_opts="--num_train 3000 --num_dev 300 --num_test 300"
-    conf=conf
+    stand_ins_conf=conf/stand_ins.yaml
+    train_args=
+    expdir=exp
 fi
-expdir=exp; [ "${fast}" = true ] && expdir=exp_fast
 
 if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
     log "Stage 0: synthetic corpus (${corpus_opts}) and stand-in checkpoints"
     # shellcheck disable=SC2086
     python local/make_corpus.py --out "${corpus}" --nj "${nj}" ${corpus_opts}
-    local/stand_ins.sh "${corpus}" "${expdir}/stand_ins" "${conf}/stand_ins.yaml"
+    local/stand_ins.sh "${corpus}" "${expdir}/stand_ins" "${stand_ins_conf}"
 fi
 
 common=(--aishell_dir "${corpus}/data_aishell" --ner_dir "${corpus}/aishell_ner"
         --whisper "${expdir}/stand_ins/whisper" --llm "${expdir}/stand_ins/chatglm3"
         --ngpu 0 --nj "${nj}" --inference_nj "${nj}" --expdir "${expdir}" --pad_to_30s false
-        --dumpdir "${expdir}/dump" --datadir "${expdir}/data" --results "${expdir}/RESULTS.md")
+        --dumpdir "${expdir}/dump" --datadir "${expdir}/data" --results "${expdir}/RESULTS.md"
+        --train_args "${train_args}")
 first=$(( stage > 1 ? stage : 1 ))
 last=$(( stop_stage < 8 ? stop_stage : 8 ))
 if [ ${first} -le ${last} ]; then
     for sys in ${systems}; do
         if [ "${sys}" = conformer ]; then
             ./llm.sh "${common[@]}" --system conformer --stage "${first}" --stop_stage "${last}" \
-                --asr_config "${conf}/train_conformer.yaml" --asr_inference_config conf/decode_conformer.yaml
+                --asr_config conf/train_conformer.yaml --asr_inference_config conf/decode_conformer.yaml
         else
             ./llm.sh "${common[@]}" --arch "${sys}" --stage "${first}" --stop_stage "${last}" \
-                --phase1_config "${conf}/train_${sys}_phase1.yaml" \
-                --phase2_config "${conf}/train_${sys}_phase2.yaml" \
-                --phase3_config "${conf}/train_${sys}_phase3.yaml"
+                --phase1_config "conf/train_${sys}_phase1.yaml" \
+                --phase2_config "conf/train_${sys}_phase2.yaml" \
+                --phase3_config "conf/train_${sys}_phase3.yaml"
         fi
     done
 fi
