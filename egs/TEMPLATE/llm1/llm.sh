@@ -21,7 +21,7 @@ force=false          # Redo stages whose outputs already exist.
 system=llm           # llm (Whisper + ChatGLM3) or conformer (the ESPnet baseline).
 arch=decoder_only    # decoder_only (adapter) or encoder_decoder (gated cross-attention).
 ngpu=1               # Number of GPUs for training (0 = CPU).
-num_nodes=1          # Number of nodes for training (ESPnet's distributed options).
+train_num_threads=1  # CPU threads per training process (OMP_NUM_THREADS; raise for CPU training).
 nj=8                 # Number of parallel jobs for data preparation and dumping.
 inference_nj=8       # Number of parallel jobs for decoding.
 gpu_inference=false  # Decode on GPUs.
@@ -79,13 +79,13 @@ Stages:
   6: phase 2, long-form ASR
   7: phase 3, long-form ASR + CoT NER
   8: decoding
-  9: scoring into ${results}
+  9: scoring into ${results} (and Fig. 2 analysis plots in <expdir>/<system>/analysis)
  10: packing the trained parts
 
 Options (default in brackets):
   --stage, --stop_stage [1, 10]   --force [false]   --system llm|conformer [llm]
   --arch decoder_only|encoder_decoder [decoder_only]
-  --ngpu [1] --num_nodes [1] --nj [8] --inference_nj [8] --gpu_inference [false]
+  --ngpu [1] --train_num_threads [1] --nj [8] --inference_nj [8] --gpu_inference [false]
   --aishell_dir, --ner_dir        corpus locations (stage 1)
   --whisper, --llm                local checkpoints
   --input_type encoder_output|mel [encoder_output]   --pad_to_30s [true]
@@ -160,8 +160,9 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ] && [ "${system}" = llm ]; then
         log "Stage 3: dumping ${feats_name} features of ${x} into ${out} (nj=${nj})"
         _nj=$(min "${nj}" "$(wc -l < "${datadir}/${x}/wav.scp")")
         mkdir -p "${out}/split${_nj}" "${out}/log"
-        split -n "l/${_nj}" -d -a 3 --additional-suffix=.txt <(cut -d' ' -f1 "${datadir}/${x}/wav.scp") "${out}/split${_nj}/keys."
-        for i in $(seq 1 "${_nj}"); do mv "${out}/split${_nj}/keys.$(printf '%03d' $((i - 1))).txt" "${out}/split${_nj}/keys.${i}"; done
+        # Contiguous blocks of utterance ids, one per job (keys.1 ... keys.N).
+        awk -v nj="${_nj}" -v out="${out}/split${_nj}/keys" 'NR==FNR {n++; next} {print $1 > (out "." (int((FNR - 1) * nj / n) + 1))}' \
+            "${datadir}/${x}/wav.scp" "${datadir}/${x}/wav.scp"
         dump_opts=(--n_mels 80)
         [ -n "${whisper}" ] && dump_opts=(--whisper "${whisper}")
         [ "${input_type}" = encoder_output ] && dump_opts+=(--encoder_out --pad_to_30s "${pad_to_30s}" --batch_size "${dump_batch_size}")
@@ -212,9 +213,9 @@ train_phase() {
     [ -n "${init}" ] && init_opts=(--init_param "${init}")
     local _cmd=${cuda_cmd}; [ "${ngpu}" -eq 0 ] && _cmd=${train_cmd}
     # shellcheck disable=SC2086
-    ${_cmd} --gpu "${ngpu}" "${outdir}/train.log" \
-        python -m espnet2_ext.bin.speechllm_train \
-            --config "${config}" --ngpu "${ngpu}" --num_nodes "${num_nodes}" --output_dir "${outdir}" --resume true \
+    ${_cmd} --gpu "${ngpu}" --num_threads "${train_num_threads}" "${outdir}/train.log" \
+        env OMP_NUM_THREADS="${train_num_threads}" python -m espnet2_ext.bin.speechllm_train \
+            --config "${config}" --ngpu "${ngpu}" --output_dir "${outdir}" --resume true \
             --llm_conf "path=${llm}" --tokenizer_file "${llm}/tokenizer.model" "${encoder_opts[@]}" \
             --train_data_path_and_name_and_type "${dumpdir}/${feats_name}/${train_set}/feats.scp,speech,kaldi_ark" \
             --train_data_path_and_name_and_type "${datadir}/${train_set}/text,text,text" \
@@ -238,8 +239,8 @@ elif [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
         mkdir -p "${outdir}"
         _cmd=${cuda_cmd}; [ "${ngpu}" -eq 0 ] && _cmd=${train_cmd}
         # shellcheck disable=SC2086
-        ${_cmd} --gpu "${ngpu}" "${outdir}/train.log" \
-            python -m espnet2.bin.asr_train --config "${asr_config}" --ngpu "${ngpu}" --num_nodes "${num_nodes}" \
+        ${_cmd} --gpu "${ngpu}" --num_threads "${train_num_threads}" "${outdir}/train.log" \
+            env OMP_NUM_THREADS="${train_num_threads}" python -m espnet2.bin.asr_train --config "${asr_config}" --ngpu "${ngpu}" \
                 --output_dir "${outdir}" --resume true --token_type char \
                 --token_list "${datadir}/token_list/char/tokens.txt" \
                 --train_data_path_and_name_and_type "${datadir}/${train_set}/wav.scp,speech,sound" \
@@ -269,11 +270,13 @@ if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
             mkdir -p "${out}/split${_nj}" "${out}/log"
             python -m espnet2_ext.bin.split_by_speaker --utt2spk "${datadir}/${x}/utt2spk" --nj "${_nj}" --out "${out}/split${_nj}/keys"
             if [ "${system}" = llm ]; then
+                # The trained config knows its encoder: cached outputs need no Whisper path, log-mel input does.
+                enc_opts=(); [ "${feats_name}" = mel ] && enc_opts=(--encoder_conf "path=${whisper}")
                 # shellcheck disable=SC2086
                 ${_cmd} --gpu "${_gpu}" JOB=1:"${_nj}" "${out}/log/decode.JOB.log" \
                     python -m espnet2_ext.bin.speechllm_inference \
                         --model_dir "${sysdir}/${phase}" --model_file "${inference_model}" \
-                        --encoder_conf "path=${whisper}" --llm_conf "path=${llm}" \
+                        "${enc_opts[@]}" --llm_conf "path=${llm}" \
                         --data_path_and_name_and_type "${dumpdir}/${feats_name}/${x}/feats.scp,speech,kaldi_ark" \
                         --history_file "${datadir}/${x}/history" \
                         --key_file "${out}/split${_nj}/keys.JOB" --task "${task}" --history "${his}" \
@@ -301,6 +304,17 @@ if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
         [ -f "${d}/text" ] || continue
         [ -f "${d}/score/result.json" ] && [ "${force}" = false ] && [ "${d}/score/result.json" -nt "${d}/text" ] && continue
         python -m espnet2_ext.bin.score_ner --ref "${datadir}/${x}/text" --hyp "${d}/text" --out "${d}/score" --name "${d#${expdir}/}"
+    done
+    # Fig. 2 data: gates of every encoder-decoder phase, speech attention of the decoder-only phase 3 (cheap, idempotent).
+    for sys_dir in "${expdir}"/*/; do
+        sys_dir=${sys_dir%/}; ana=${sys_dir}/analysis
+        [ -f "${sys_dir}/phase3/config.yaml" ] && [ -e "${sys_dir}/phase3/${inference_model}" ] || continue
+        [ -f "${ana}/.done" ] && [ "${force}" = false ] && [ "${ana}/.done" -nt "${sys_dir}/phase3/${inference_model}" ] && continue
+        x=${test_sets%% *}
+        python -m espnet2_ext.bin.analyze_speechllm --model_dir "${sys_dir}"/phase{1,2,3} --model_file "${inference_model}" \
+            --out "${ana}" --data "${dumpdir}/${feats_name}/${x}/feats.scp" --history_file "${datadir}/${x}/history" \
+            --num_utts 24 > "${ana}.log" 2>&1 || { log "Error: analysis of ${sys_dir} failed, see ${ana}.log"; exit 1; }
+        touch "${ana}/.done"
     done
     python -m espnet2_ext.bin.make_results --expdir "${expdir}" --test_sets "${test_sets}" --command "${run_args}" --out "${results}"
     cat "${results}"

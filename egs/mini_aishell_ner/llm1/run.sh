@@ -41,7 +41,7 @@ fi
 
 common=(--aishell_dir "${corpus}/data_aishell" --ner_dir "${corpus}/aishell_ner"
         --whisper "${expdir}/stand_ins/whisper" --llm "${expdir}/stand_ins/chatglm3"
-        --ngpu 0 --nj "${nj}" --inference_nj "${nj}" --expdir "${expdir}" --pad_to_30s false
+        --ngpu 0 --train_num_threads 2 --nj "${nj}" --inference_nj "${nj}" --expdir "${expdir}" --pad_to_30s false
         --dumpdir "${expdir}/dump" --datadir "${expdir}/data" --results "${expdir}/RESULTS.md"
         --train_args "${train_args}")
 first=$(( stage > 1 ? stage : 1 ))
