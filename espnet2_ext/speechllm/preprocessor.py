@@ -61,6 +61,17 @@ def read_history_file(path: str | Path) -> dict[str, list[str]]:
     return history
 
 
+def fitting_history(history_frames: Sequence[int], budget: int) -> int:
+    """How many of the history utterances (oldest first) go in: whole ones, nearest first, within ``budget``."""
+    kept = 0
+    for frames in reversed(history_frames):
+        if frames > budget:
+            break
+        budget -= frames
+        kept += 1
+    return kept
+
+
 class SpeechLLMPreprocessor(AbsPreprocessor):
     """Builds Table-1 examples; see the module docstring for the data flow and the decisions."""
 
@@ -167,14 +178,12 @@ class SpeechLLMPreprocessor(AbsPreprocessor):
             num_history = 0
         else:
             count = int(rng.integers(0, self.max_history + 1)) if self.train else self.eval_history
-            for previous in reversed(self._history_ids(uid, count)):
-                feats = self._speech(previous, current, f"history of {uid}")
-                if feats.shape[0] > budget:
-                    break
-                budget -= feats.shape[0]
-                segments.insert(0, feats)
-                texts.insert(0, self._text(previous, f"history of {uid}"))
-            num_history = len(segments) - 1
+            previous = self._history_ids(uid, count)
+            feats = [self._speech(p, current, f"history of {uid}") for p in previous]
+            kept = fitting_history([f.shape[0] for f in feats], budget)
+            segments = feats[len(feats) - kept :] + segments
+            texts = [self._text(p, f"history of {uid}") for p in previous[len(previous) - kept :]] + texts
+            num_history = kept
         target = build_target_text(task, texts[:-1], texts[-1])
         ids = self.tokenizer.encode(target) + [self.tokenizer.eos_id]
         return {

@@ -1,0 +1,342 @@
+"""Python API and the decoding engine shared by the inference CLI: speech in, transcript with entities out.
+
+    from espnet2_ext.api import Speech2TextNER
+    s2t = Speech2TextNER.from_pretrained("exp/decoder_only/packed", whisper="whisper-large-v2", llm="chatglm3-6b")
+    for result in s2t(["a.wav", waveform_16k]):
+        print(result.text, result.entities)
+
+A model is built from ESPnet's training ``config.yaml`` through :class:`SpeechLLMTask` (checkpoint
+paths overridden), then its trainable weights are loaded. ``from_pretrained`` always runs the
+frozen Whisper encoder on Whisper log-mel (``frontend.WhisperLogMel``), also for a model trained
+on cached encoder outputs, whose ``precomputed`` encoder is swapped for ``whisper``; the CLI keeps
+the training config's encoder (cached outputs or log-mel, as dumped by the recipe).
+
+Output formats (Table 1) follow the task and what the model was trained on: ``ner`` decodes
+``T_{i-k} … |sep| T_i |ner| T̂_i`` (cot_ner); ``asr`` decodes long-form ``… |sep| T_i`` when the
+model learnt long-form ASR, else short-form ``T_i``. The history transcripts (and ``|sep|``) are
+*forced* text after the ``|asr|`` prompt, so the model continues from the current utterance. All
+tasks share the prompt ``|asr|``, so the task is set by :class:`TextConstraint`: NER may not end
+before ``|ner|``; ASR ends at ``|ner|``. Outputs are parsed with ``prompts.parse_output`` (which
+repairs) and checked: an output that is not exactly the trained format, invalid markup (stripped),
+a repetition loop or a missing eos is listed in :attr:`Decoded.problems`, never an exception.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from espnet2_ext.bin.dump_feats import BadUtterance, read_wave
+from espnet2_ext.speechllm.decoding import DecodingOptions, Hypothesis, TextConstraint, decode
+from espnet2_ext.speechllm.espnet_model import LLMInputs, SpeechInputs, SpeechLLMModel
+from espnet2_ext.speechllm.frontend import SAMPLE_RATE, WhisperLogMel
+from espnet2_ext.speechllm.preprocessor import fitting_history
+from espnet2_ext.speechllm.prompts import build_target_text, parse_output
+from espnet2_ext.tasks.speechllm import SpeechLLMTask
+from espnet2_ext.text.chatglm3_tokenizer import ASR_TOKEN, NER_TOKEN, ChatGLM3Tokenizer
+from espnet2_ext.text.ner_markup import Entity, MarkupError, parse_markup, strip_markup
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TASKS: tuple[str, ...] = ("asr", "ner")
+
+
+@dataclass
+class Request:
+    """One utterance: encoder-input features (T, D) of its history (oldest first) and itself."""
+
+    uid: str
+    current: np.ndarray
+    history: list[np.ndarray] = field(default_factory=list)
+    history_texts: list[str] = field(default_factory=list)  # plain transcripts of ``history``
+
+
+@dataclass
+class Decoded:
+    """The decoded current utterance: ``text`` (markup for ner), ``plain``, the full ``raw`` output."""
+
+    uid: str
+    text: str
+    plain: str
+    raw: str
+    token_logprobs: list[float]
+    score: float
+    problems: list[str]
+
+
+@dataclass
+class Result:
+    """What the API returns per input."""
+
+    text: str
+    plain: str
+    entities: list[Entity]
+
+
+def output_format(task: str, history: int, trained_tasks: Sequence[str]) -> str:
+    """The Table-1 format (prompts.TASKS) that decodes ``task`` with a model trained on ``trained_tasks``."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if task == "ner":
+        if "cot_ner" not in trained_tasks:
+            raise ValueError(f"task ner needs a model trained on cot_ner; this one learnt {list(trained_tasks)}")
+        return "cot_ner"
+    if "long_asr" in trained_tasks or "cot_ner" in trained_tasks:
+        return "long_asr"
+    if history:
+        raise ValueError(f"history {history} needs a model trained on long-form tasks; this one learnt {list(trained_tasks)}")
+    return "short_asr"
+
+
+def build_model(
+    config: dict,
+    model_file: str | Path,
+    encoder_conf: Mapping[str, object] | None = None,
+    llm_conf: Mapping[str, object] | None = None,
+    tokenizer_file: str | Path | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> tuple[SpeechLLMModel, argparse.Namespace]:
+    """Build from a training config (with path overrides) and load the trainable weights of ``model_file``."""
+    args = argparse.Namespace(**config)
+    args.encoder_conf = {**(args.encoder_conf or {}), **(encoder_conf or {})}
+    args.llm_conf = {**(args.llm_conf or {}), **(llm_conf or {})}
+    if tokenizer_file is not None:
+        args.tokenizer_file = str(tokenizer_file)
+    model = SpeechLLMTask.build_model(args)
+    state = torch.load(model_file, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device=device, dtype=DTYPES[dtype]).eval(), args
+
+
+def schedule(keys: Sequence[str], history: Mapping[str, list[str]], k: int) -> tuple[list[list[str]], dict[str, list[str]]]:
+    """Waves of utterances whose K previous utterances are all in earlier waves, and those predecessors."""
+    needs: dict[str, list[str]] = {}
+    known = set(keys)
+    for uid in keys:
+        if k and uid not in history:
+            raise ValueError(f"utterance {uid} is not in the history file")
+        needs[uid] = history[uid][-k:] if k else []
+        missing = [p for p in needs[uid] if p not in known]
+        if missing:
+            raise ValueError(f"history {missing} of utterance {uid} is not among the keys; split jobs by speaker")
+    wave: dict[str, int] = {}
+    for uid in keys:
+        stack = [uid]
+        while stack:
+            top = stack[-1]
+            pending = [p for p in needs[top] if p not in wave]
+            if pending:
+                if any(p in stack for p in pending):
+                    raise ValueError(f"history of utterance {top} is circular")
+                stack.extend(pending)
+                continue
+            wave[top] = 1 + max((wave[p] for p in needs[top]), default=-1)
+            stack.pop()
+    waves: list[list[str]] = [[] for _ in range(max(wave.values(), default=-1) + 1)]
+    for uid in keys:
+        waves[wave[uid]].append(uid)
+    return waves, needs
+
+
+class Speech2TextNER:
+    """Batched decoding of :class:`Request` s (CLI) or of waveforms / audio files (``__call__``)."""
+
+    def __init__(
+        self,
+        model: SpeechLLMModel,
+        tokenizer: ChatGLM3Tokenizer,
+        preprocessor_conf: Mapping[str, object],
+        options: DecodingOptions = DecodingOptions(),
+        frontend: WhisperLogMel | None = None,
+        batch_size: int = 8,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.preprocessor_conf = dict(preprocessor_conf)
+        self.trained_tasks = list(self.preprocessor_conf.get("tasks", {"short_asr": 1.0}))
+        self.max_input_frames = int(self.preprocessor_conf.get("max_input_frames", 1500))
+        self.options = options
+        self.frontend = frontend
+        self.batch_size = batch_size
+        self.device = next(model.parameters()).device
+        self.dtype = next(p for p in model.connector.parameters()).dtype
+
+    # ---------------------------------------------------------------- builders
+    @classmethod
+    def from_config(
+        cls,
+        config_file: str | Path,
+        model_file: str | Path,
+        encoder_conf: Mapping[str, object] | None = None,
+        llm_conf: Mapping[str, object] | None = None,
+        tokenizer_file: str | Path | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        options: DecodingOptions = DecodingOptions(),
+        batch_size: int = 8,
+    ) -> "Speech2TextNER":
+        """From an experiment directory's ``config.yaml`` and checkpoint (what the CLI decodes with)."""
+        config = yaml.safe_load(Path(config_file).read_text(encoding="utf-8"))
+        model, args = build_model(config, model_file, encoder_conf, llm_conf, tokenizer_file, device, dtype)
+        tokenizer = ChatGLM3Tokenizer(args.tokenizer_file)
+        return cls(model, tokenizer, args.preprocessor_conf or {}, options, batch_size=batch_size)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        packed_dir: str | Path,
+        whisper: str | Path,
+        llm: str | Path,
+        device: str = "cpu",
+        dtype: str = "float32",
+        pad_to_30s: bool = True,
+        options: DecodingOptions = DecodingOptions(),
+        batch_size: int = 8,
+    ) -> "Speech2TextNER":
+        """From a ``bin/pack_model.py`` directory plus the frozen base checkpoints; input is audio.
+
+        ``pad_to_30s`` must match how the model's training features were made (the recipe's option;
+        the paper and Whisper pad to 30 s).
+        """
+        packed_dir = Path(packed_dir)
+        config = yaml.safe_load((packed_dir / "config.yaml").read_text(encoding="utf-8"))
+        precomputed_size = config["encoder_conf"].get("output_size") if config["encoder"] == "precomputed" else None
+        config["encoder"] = "whisper"
+        config["encoder_conf"] = {}
+        model, args = build_model(
+            config, packed_dir / "model.pth", {"path": str(whisper), "pad_to_30s": pad_to_30s}, {"path": str(llm)},
+            packed_dir / "tokenizer.model", device, dtype,
+        )
+        whisper_width = model.encoder.output_size()
+        if precomputed_size not in (None, whisper_width):
+            raise ValueError(f"{whisper}: encoder width {whisper_width}, the model was trained on {precomputed_size}")
+        frontend = WhisperLogMel(model.encoder.whisper.config.num_mel_bins, pad_to_30s=pad_to_30s).to(device)
+        tokenizer = ChatGLM3Tokenizer(args.tokenizer_file)
+        return cls(model, tokenizer, args.preprocessor_conf or {}, options, frontend, batch_size)
+
+    # ---------------------------------------------------------------- decoding
+    def prompt_ids(self, fmt: str, history_texts: Sequence[str]) -> tuple[list[int], str]:
+        """``|asr|`` plus the forced text (history transcripts and ``|sep|``) and that text."""
+        forced = "" if fmt == "short_asr" else build_target_text("long_asr", history_texts, "")
+        return self.tokenizer.encode(ASR_TOKEN) + (self.tokenizer.encode(forced) if forced else []), forced
+
+    def constraint(self, fmt: str) -> TextConstraint | None:
+        if fmt == "cot_ner":
+            return TextConstraint(self.tokenizer.decode, require=NER_TOKEN)
+        if fmt == "long_asr":
+            return TextConstraint(self.tokenizer.decode, stop=NER_TOKEN)
+        return None
+
+    def llm_inputs(self, requests: Sequence[Request], fmt: str) -> tuple[LLMInputs, SpeechInputs, list[str], list[int]]:
+        """Batch ``requests``: LLM inputs, speech inputs, forced texts and length limits."""
+        segments = [[*r.history, r.current] for r in requests]
+        speech = torch.nn.utils.rnn.pad_sequence(
+            [torch.from_numpy(np.concatenate(s)) for s in segments], batch_first=True
+        ).to(self.device, self.dtype)
+        seg_lengths = torch.nn.utils.rnn.pad_sequence(
+            [torch.tensor([x.shape[0] for x in s]) for s in segments], batch_first=True
+        ).to(self.device)
+        num_segments = torch.tensor([len(s) for s in segments], device=self.device)
+        prompts, forced = zip(*(self.prompt_ids(fmt, r.history_texts) for r in requests))
+        prompt = torch.nn.utils.rnn.pad_sequence([torch.tensor(p) for p in prompts], batch_first=True).to(self.device)
+        prompt_lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        speech_in = self.model.encode_speech(
+            speech, seg_lengths.sum(1), seg_lengths, num_segments, num_segments - 1
+        )
+        frames = self.model.encoder.output_lengths(torch.tensor([r.current.shape[0] for r in requests]))
+        limits = [self.options.max_new_tokens(int(f)) for f in frames]
+        return self.model.build_inputs(speech_in, prompt, prompt_lengths), speech_in, list(forced), limits
+
+    def history_request(
+        self, uid: str, feats: Mapping[str, np.ndarray], previous: Sequence[str], hypotheses: Mapping[str, Decoded]
+    ) -> Request:
+        """Utterance ``uid`` with the previous utterances that fit ``max_input_frames`` and their hypotheses."""
+        current = np.asarray(feats[uid], dtype=np.float32)
+        audio = [np.asarray(feats[p], dtype=np.float32) for p in previous]
+        kept = fitting_history([x.shape[0] for x in audio], self.max_input_frames - current.shape[0])
+        kept_ids = previous[len(previous) - kept :]
+        return Request(uid, current, audio[len(audio) - kept :], [hypotheses[p].plain for p in kept_ids])
+
+    def decode_long_form(
+        self, feats: Mapping[str, np.ndarray], keys: Sequence[str], history: Mapping[str, list[str]], k: int, task: str
+    ) -> dict[str, Decoded]:
+        """Decode ``keys`` wave by wave (see :func:`schedule`), each on its K previous utterances and
+        the hypotheses already made for them; a wave in batches of similar length."""
+        waves, needs = schedule(keys, history, k)
+        results: dict[str, Decoded] = {}
+        for number, members in enumerate(waves):
+            requests = [self.history_request(uid, feats, needs[uid], results) for uid in members]
+            requests.sort(key=lambda r: -(r.current.shape[0] + sum(x.shape[0] for x in r.history)))
+            for start in range(0, len(requests), self.batch_size):
+                for decoded in self.decode_requests(requests[start : start + self.batch_size], task):
+                    results[decoded.uid] = decoded
+            logging.info("wave %d/%d: %d utterances decoded", number + 1, len(waves), len(members))
+        return results
+
+    @torch.no_grad()
+    def decode_requests(self, requests: Sequence[Request], task: str) -> list[Decoded]:
+        """Decode one batch of requests (all with the task's format)."""
+        for r in requests:
+            if len(r.history) != len(r.history_texts):
+                raise ValueError(f"utterance {r.uid}: {len(r.history)} history features, {len(r.history_texts)} texts")
+        fmt = output_format(task, max(len(r.history) for r in requests), self.trained_tasks)
+        inputs, _, forced, limits = self.llm_inputs(requests, fmt)
+        nbest = decode(self.model, inputs, limits, self.options, self.constraint(fmt))
+        return [self.interpret(r.uid, fmt, f, hyps[0]) for r, f, hyps in zip(requests, forced, nbest)]
+
+    def interpret(self, uid: str, fmt: str, forced: str, hyp: Hypothesis) -> Decoded:
+        """Parse, check and repair one hypothesis (``forced``: the forced text before it)."""
+        generated = self.tokenizer.decode(hyp.ids)
+        raw = forced + generated
+        body = raw.split(NER_TOKEN)[0] if fmt != "cot_ner" else raw
+        parsed = parse_output(fmt, body)
+        history = [parsed.history] if parsed.history else []
+        text = parsed.current_markup if fmt == "cot_ner" else parsed.current_plain
+        problems = []
+        if build_target_text(fmt, history, text) != body:
+            problems.append("not in the trained format (repaired by parse_output)")
+        try:
+            parse_markup(text, utt_id=uid)
+        except MarkupError as err:
+            problems.append(f"invalid markup, stripped ({err.reason})")
+            text = strip_markup(text)
+        if hyp.end == "repetition":
+            problems.append("repetition loop cut")
+        elif hyp.end == "max_length":
+            problems.append(f"no eos within {len(hyp.token_logprobs)} tokens")
+        return Decoded(uid, text, strip_markup(text), raw, hyp.token_logprobs, hyp.score, problems)
+
+    # ---------------------------------------------------------------- audio API
+    def __call__(self, audio: np.ndarray | str | Path | Sequence[np.ndarray | str | Path], task: str = "ner") -> list[Result]:
+        """Decode 16-kHz waveforms or audio files (each on its own, no history), batched."""
+        if self.frontend is None:
+            raise RuntimeError("this instance decodes features; build it with from_pretrained to decode audio")
+        items = [audio] if isinstance(audio, (np.ndarray, str, Path)) else list(audio)
+        results: list[Result] = []
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
+            requests = [Request(str(start + i), self._log_mel(item)) for i, item in enumerate(chunk)]
+            for decoded in self.decode_requests(requests, task):
+                results.append(Result(decoded.text, decoded.plain, parse_markup(decoded.text).entities))
+        return results
+
+    def _log_mel(self, item: np.ndarray | str | Path) -> np.ndarray:
+        if isinstance(item, (str, Path)):
+            try:
+                wave = read_wave(str(item))
+            except BadUtterance as err:
+                raise ValueError(str(err)) from err
+        else:
+            wave = np.asarray(item, dtype=np.float32)
+            if wave.ndim != 1 or wave.shape[0] < 160:
+                raise ValueError(f"expected a mono {SAMPLE_RATE}-Hz waveform of >= 160 samples, got shape {wave.shape}")
+        samples = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None].to(self.device)
+        mel, length = self.frontend(samples, torch.tensor([samples.shape[1]], device=self.device))
+        return mel[0, : int(length[0])].float().cpu().numpy()

@@ -1,0 +1,141 @@
+"""Decode with a trained speech-LLM, in the style of ESPnet's asr_inference (one job of the recipe's stage 8).
+
+    python -m espnet2_ext.bin.speechllm_inference --model_dir exp/decoder_only/phase3 \\
+        --model_file valid.acc.ave.pth --llm_conf path=CHATGLM3_DIR [--encoder_conf path=WHISPER] \\
+        --data_path_and_name_and_type dump/enc/test/feats.scp,speech,kaldi_ark \\
+        --history_file data/test/history --key_file split/keys.1 --task ner --history 2 \\
+        --batch_size 16 --ngpu 0 --output_dir out/output.1 [--beam_size 4 --length_penalty 0.5]
+
+The model is built from ``model_dir/config.yaml`` (ESPnet's training config; ``--encoder_conf`` and
+``--llm_conf`` override its checkpoint paths; ``--encoder_conf path=`` only applies to a model on
+log-mel input, ``encoder: whisper``) and loads ``model_dir/model_file``. The features are what the
+model was trained on (cached encoder outputs or log-mel).
+
+Short-form (``--history 0``) decodes the utterances in batches. Long-form (``--history K``) decodes
+each speaker's utterances in order: utterance i gets the audio of its K previous utterances (whole
+ones that fit ``max_input_frames``, nearest first, as in training) and the model's OWN plain
+hypotheses of them as forced history text. Utterances are decoded in waves, wave i holding the
+i-th utterance of every speaker, so long-form is batched across speakers. The previous utterances
+come from ``--history_file`` (``uttid prev_1 … prev_n``, most recent last) and must be among the
+keys (the recipe splits jobs by speaker).
+
+Outputs in ``--output_dir`` (``uttid value`` lines, key-file order): ``text`` (the current
+utterance, with entity markup for ``--task ner``), ``text.plain`` (markup-free), ``token_scores``
+(``uttid score lp_1 … lp_n``: the hypothesis score and each generated token's log-probability),
+``raw`` (the whole output: forced history, markers, answer) and ``malformed`` (``uttid reason``
+for every repaired or suspicious output; see :mod:`espnet2_ext.api`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import kaldiio
+from espnet2.utils.nested_dict_action import NestedDictAction
+from espnet2.utils.types import str2bool, str2triple_str
+
+from espnet2_ext.api import DTYPES, TASKS, Decoded, Speech2TextNER
+from espnet2_ext.speechllm.decoding import DecodingOptions
+from espnet2_ext.speechllm.preprocessor import read_history_file
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", type=Path, required=True, help="training output dir with config.yaml")
+    parser.add_argument("--model_file", default="valid.acc.ave.pth", help="checkpoint (relative to --model_dir)")
+    parser.add_argument("--encoder_conf", action=NestedDictAction, default=dict(), help="encoder_conf overrides")
+    parser.add_argument("--llm_conf", action=NestedDictAction, default=dict(), help="llm_conf overrides (path=DIR)")
+    parser.add_argument("--tokenizer_file", help="override the config's tokenizer_file")
+    parser.add_argument("--data_path_and_name_and_type", type=str2triple_str, action="append", required=True,
+                        help="FEATS_SCP,speech,kaldi_ark")
+    parser.add_argument("--history_file", type=Path, help="'uttid prev_1 … prev_n' lines (needed for --history > 0)")
+    parser.add_argument("--key_file", type=Path, help="utterance ids to decode (first field); default: all")
+    parser.add_argument("--task", choices=TASKS, required=True)
+    parser.add_argument("--history", type=int, default=0, help="previous utterances per input (0: short-form)")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--ngpu", type=int, default=0, help="0: CPU, 1: CUDA")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--output_dir", type=Path, required=True)
+    defaults = DecodingOptions()
+    parser.add_argument("--beam_size", type=int, default=defaults.beam_size)
+    parser.add_argument("--length_penalty", type=float, default=defaults.length_penalty,
+                        help="ended beams are scored logprob_sum / length ** length_penalty")
+    parser.add_argument("--maxlenratio", type=float, default=defaults.maxlenratio,
+                        help="max new tokens = min(maxlen_cap, maxlenratio * encoder frames + maxlen_const)")
+    parser.add_argument("--maxlen_const", type=int, default=defaults.maxlen_const)
+    parser.add_argument("--maxlen_cap", type=int, default=defaults.maxlen_cap)
+    parser.add_argument("--repeat_ngram", type=int, default=defaults.repeat_ngram,
+                        help="repetition guard: longest n-gram checked")
+    parser.add_argument("--repeat_times", type=int, default=defaults.repeat_times,
+                        help="repetition guard: a hypothesis ends when its tail repeats an n-gram this often")
+    parser.add_argument("--use_cache", type=str2bool, default=True, help="KV cache (false: recompute; slow)")
+    parser.add_argument("--log_level", default="INFO")
+    return parser
+
+
+def read_keys(path: Path | None, feats: Mapping[str, object], feats_path: str) -> list[str]:
+    if path is None:
+        return list(feats)
+    keys: list[str] = []
+    with path.open(encoding="utf-8") as stream:
+        for line_no, line in enumerate(stream, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if fields[0] not in feats:
+                raise ValueError(f"{path}:{line_no}: utterance {fields[0]} is not in {feats_path}")
+            keys.append(fields[0])
+    return keys
+
+
+def write_outputs(output_dir: Path, keys: Sequence[str], results: Mapping[str, Decoded]) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "text": lambda d: d.text,
+        "text.plain": lambda d: d.plain,
+        "token_scores": lambda d: " ".join([f"{d.score:.4f}", *(f"{lp:.4f}" for lp in d.token_logprobs)]),
+        "raw": lambda d: d.raw,
+    }
+    for name, value in files.items():
+        (output_dir / name).write_text("".join(f"{u} {value(results[u])}\n" for u in keys), encoding="utf-8")
+    malformed = [(u, problem) for u in keys for problem in results[u].problems]
+    (output_dir / "malformed").write_text("".join(f"{u} {p}\n" for u, p in malformed), encoding="utf-8")
+    if malformed:
+        counts = Counter(p.split(" (")[0] for _, p in malformed)
+        logging.warning("%d problem(s) in %d outputs, listed in %s: %s", len(malformed), len(keys),
+                        output_dir / "malformed", dict(counts))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    speech = [(p, t) for p, name, t in args.data_path_and_name_and_type if name == "speech"]
+    if len(speech) != 1 or speech[0][1] != "kaldi_ark":
+        raise SystemExit(f"need exactly one 'FEATS_SCP,speech,kaldi_ark' entry, got {args.data_path_and_name_and_type}")
+    if args.history < 0 or args.batch_size < 1:
+        raise SystemExit("need --history >= 0 and --batch_size >= 1")
+    if args.history and args.history_file is None:
+        raise SystemExit("--history > 0 needs --history_file")
+    options = DecodingOptions(
+        beam_size=args.beam_size, length_penalty=args.length_penalty, maxlenratio=args.maxlenratio,
+        maxlen_const=args.maxlen_const, maxlen_cap=args.maxlen_cap, repeat_ngram=args.repeat_ngram,
+        repeat_times=args.repeat_times, use_cache=args.use_cache,
+    )
+    engine = Speech2TextNER.from_config(
+        args.model_dir / "config.yaml", args.model_dir / args.model_file, args.encoder_conf, args.llm_conf,
+        args.tokenizer_file, "cuda" if args.ngpu > 0 else "cpu", args.dtype, options, args.batch_size,
+    )
+    feats = kaldiio.load_scp(speech[0][0])
+    keys = read_keys(args.key_file, feats, speech[0][0])
+    history = read_history_file(args.history_file) if args.history_file else {}
+    results = engine.decode_long_form(feats, keys, history, args.history, args.task)
+    write_outputs(args.output_dir, keys, results)
+    logging.info("%d utterances decoded into %s", len(keys), args.output_dir)
+
+
+if __name__ == "__main__":
+    main()
