@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 from datetime import datetime, timezone
@@ -42,12 +43,15 @@ def collect_rows(expdir: Path, test_set: str) -> list[tuple[str, dict, Path, str
 
 
 def render(expdir: Path, test_sets: list[str], command: str) -> str:
-    parts = [
+    header = [
         "# RESULTS",
+        "",
         f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
-        f"- machine: {platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'})",
-        f"- command: `{command}`" if command else "",
+        f"- machine: {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
     ]
+    if command:
+        header.append(f"- command: `{command}`")
+    parts = ["\n".join(header)]
     for test_set in test_sets:
         rows = collect_rows(expdir, test_set)
         parts.append(f"## {test_set}")
