@@ -12,9 +12,10 @@ stop_stage=10
 systems="decoder_only encoder_decoder conformer"  # what to train, decode and score.
 fast=false              # true: small corpus and short training (CI); results are not meaningful then.
 corpus=corpus           # Where stage 0 writes the synthetic AISHELL-1-style corpus.
+expdir=exp              # Where data dirs, dumps, stand-ins, experiments and RESULTS.md go.
 nj=2                    # Parallel jobs for synthesis, dumping and decoding.
 
-help_message="Usage: $0 [--stage 0] [--stop_stage 10] [--systems \"${systems}\"] [--fast false] [--corpus corpus] [--nj 2]"
+help_message="Usage: $0 [--stage 0] [--stop_stage 10] [--systems \"${systems}\"] [--fast false] [--corpus corpus] [--expdir exp] [--nj 2]"
 log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${0##*/}) $*"; }
 . ./path.sh
 . utils/parse_options.sh
@@ -24,12 +25,10 @@ if [ "${fast}" = true ]; then
     corpus_opts="--num_train 300 --num_dev 30 --num_test 30"
     stand_ins_conf=conf/stand_ins_fast.yaml
     train_args="--max_epoch 1"
-    expdir=exp_fast; corpus=${corpus}_fast
 else
     corpus_opts="--num_train 3000 --num_dev 300 --num_test 300"
     stand_ins_conf=conf/stand_ins.yaml
     train_args=
-    expdir=exp
 fi
 
 if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
@@ -59,12 +58,13 @@ if [ ${first} -le ${last} ]; then
         fi
     done
 fi
-if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
-    ./llm.sh "${common[@]}" --stage 9 --stop_stage 9
-fi
+# Packing (stage 10) runs before scoring (stage 9) here, so that the run ends by printing RESULTS.md.
 if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
     for sys in ${systems}; do
         [ "${sys}" = conformer ] || ./llm.sh "${common[@]}" --arch "${sys}" --stage 10 --stop_stage 10
     done
+fi
+if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
+    ./llm.sh "${common[@]}" --stage 9 --stop_stage 9
 fi
 log "Finished in ${SECONDS}s."
