@@ -44,15 +44,24 @@ class PrecomputedEncoder(nn.Module):
 
 
 class WhisperSpeechEncoder(nn.Module):
-    """The frozen Whisper encoder on log-mel (T, n_mels) input; output frame rate is half the input's."""
+    """The frozen Whisper encoder on log-mel (T, n_mels) input; output frame rate is half the input's.
 
-    def __init__(self, path: str, pad_to_30s: bool = True, meta: bool = False) -> None:
+    ``output_size``, when a config states it (as the ``precomputed`` configs do), must match the
+    checkpoint's width: the same YAML then serves cached outputs and log-mel input alike.
+    """
+
+    def __init__(self, path: str, pad_to_30s: bool = True, output_size: int | None = None, meta: bool = False) -> None:
         super().__init__()
         if meta:
             with torch.device("meta"):
                 self.whisper = FrozenWhisperEncoder(load_whisper_config(path), pad_to_30s=pad_to_30s)
         else:
             self.whisper = load_whisper_encoder(path, pad_to_30s=pad_to_30s)
+        if output_size is not None and output_size != self.whisper.config.d_model:
+            raise ValueError(
+                f"encoder_conf output_size={output_size} but the Whisper checkpoint {path} has d_model "
+                f"{self.whisper.config.d_model}"
+            )
 
     def output_size(self) -> int:
         return self.whisper.config.d_model
