@@ -28,6 +28,7 @@ utterances, no concatenation.
 from __future__ import annotations
 
 import hashlib
+from collections import ChainMap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -107,9 +108,8 @@ class SpeechLLMPreprocessor(AbsPreprocessor):
         self.epoch = 0
         self.tokenizer = ChatGLM3Tokenizer(tokenizer_file)
         self.prompt_ids = np.asarray(self.tokenizer.encode(ASR_TOKEN), dtype=np.int64)
-        self.feats: dict[str, object] = {}
-        for scp in _as_list(feats_scp):
-            self.feats.update(kaldiio.load_scp(str(scp)))
+        # Lazy random access: a corpus' encoder outputs (~160 GB for AISHELL-1) are never all in memory.
+        self.feats = ChainMap(*(kaldiio.load_scp(str(scp)) for scp in _as_list(feats_scp)))
         self.texts: dict[str, str] = {}
         for path in _as_list(text_file):
             for line in read_kaldi_text_lines(path):
