@@ -40,28 +40,52 @@ fi
 
 common=(--aishell_dir "${corpus}/data_aishell" --ner_dir "${corpus}/aishell_ner"
         --whisper "${expdir}/stand_ins/whisper" --llm "${expdir}/stand_ins/chatglm3"
-        --ngpu 0 --train_num_threads 2 --nj "${nj}" --inference_nj "${nj}" --expdir "${expdir}" --pad_to_30s false
+        --ngpu 0 --train_num_threads 1 --nj "${nj}" --inference_nj 1 --expdir "${expdir}" --pad_to_30s false
         --dumpdir "${expdir}/dump" --datadir "${expdir}/data" --results "${expdir}/RESULTS.md"
         --train_args "${train_args}")
-first=$(( stage > 1 ? stage : 1 ))
-last=$(( stop_stage < 8 ? stop_stage : 8 ))
+# system_args SYSTEM: the llm.sh options that select one system and its configs.
+system_args() {
+    if [ "$1" = conformer ]; then
+        echo --system conformer --asr_config conf/train_conformer.yaml --asr_inference_config conf/decode_conformer.yaml
+    else
+        echo --arch "$1" --phase1_config "conf/train_$1_phase1.yaml" --phase2_config "conf/train_$1_phase2.yaml" \
+            --phase3_config "conf/train_$1_phase3.yaml"
+    fi
+}
+
+# Stages 1-4 (data, dumps, token lists) are shared and cheap: one system after the other.
+first=$(( stage > 1 ? stage : 1 )); last=$(( stop_stage < 4 ? stop_stage : 4 ))
 if [ ${first} -le ${last} ]; then
     for sys in ${systems}; do
-        if [ "${sys}" = conformer ]; then
-            ./llm.sh "${common[@]}" --system conformer --stage "${first}" --stop_stage "${last}" \
-                --asr_config conf/train_conformer.yaml --asr_inference_config conf/decode_conformer.yaml
-        else
-            ./llm.sh "${common[@]}" --arch "${sys}" --stage "${first}" --stop_stage "${last}" \
-                --phase1_config "conf/train_${sys}_phase1.yaml" \
-                --phase2_config "conf/train_${sys}_phase2.yaml" \
-                --phase3_config "conf/train_${sys}_phase3.yaml"
-        fi
+        # shellcheck disable=SC2046
+        ./llm.sh "${common[@]}" $(system_args "${sys}") --stage "${first}" --stop_stage "${last}"
     done
+fi
+# Stages 5-8 (training, decoding): the systems run side by side, one CPU thread each, since
+# these tiny models gain almost nothing from a second thread. Each writes its own log.
+first=$(( stage > 5 ? stage : 5 )); last=$(( stop_stage < 8 ? stop_stage : 8 ))
+if [ ${first} -le ${last} ]; then
+    mkdir -p "${expdir}/log"
+    pids=()
+    for sys in ${systems}; do
+        log "Stages ${first}-${last} of ${sys} (log: ${expdir}/log/${sys}.log)"
+        # shellcheck disable=SC2046
+        ./llm.sh "${common[@]}" $(system_args "${sys}") --stage "${first}" --stop_stage "${last}" \
+            > "${expdir}/log/${sys}.log" 2>&1 &
+        pids+=($!)
+    done
+    failed=
+    for i in "${!pids[@]}"; do
+        sys=$(echo ${systems} | cut -d' ' -f$((i + 1)))
+        if wait "${pids[$i]}"; then log "${sys}: done"; else failed="${failed} ${sys}"; tail -n 20 "${expdir}/log/${sys}.log"; fi
+    done
+    [ -z "${failed}" ] || { log "Error: stages ${first}-${last} failed for:${failed} (see ${expdir}/log/)"; exit 1; }
 fi
 # Packing (stage 10) runs before scoring (stage 9) here, so that the run ends by printing RESULTS.md.
 if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
     for sys in ${systems}; do
-        [ "${sys}" = conformer ] || ./llm.sh "${common[@]}" --arch "${sys}" --stage 10 --stop_stage 10
+        # shellcheck disable=SC2046
+        [ "${sys}" = conformer ] || ./llm.sh "${common[@]}" $(system_args "${sys}") --stage 10 --stop_stage 10
     done
 fi
 if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
