@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 
 from espnet2_ext.api import Request, Speech2TextNER, output_format  # noqa: E402
@@ -80,6 +81,7 @@ def plot_curves(curves: Mapping[str, Sequence[float]], ylabel: str, title: str, 
     for name, values in curves.items():
         axis.plot(range(1, len(values) + 1), values, marker="o", label=name)
     axis.set_xlabel("layer")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylabel(ylabel)
     axis.set_title(title)
     axis.grid(alpha=0.3)
