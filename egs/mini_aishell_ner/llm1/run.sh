@@ -42,7 +42,8 @@ common=(--aishell_dir "${corpus}/data_aishell" --ner_dir "${corpus}/aishell_ner"
         --whisper "${expdir}/stand_ins/whisper" --llm "${expdir}/stand_ins/chatglm3"
         --ngpu 0 --train_num_threads 1 --nj "${nj}" --inference_nj 1 --expdir "${expdir}" --pad_to_30s false
         --dumpdir "${expdir}/dump" --datadir "${expdir}/data" --results "${expdir}/RESULTS.md"
-        --train_args "${train_args}")
+        --train_args "${train_args}"
+        --decode_specs "phase1:asr:0 phase3:ner:0 phase3:ner:1 phase3:ner:2")
 # system_args SYSTEM: the llm.sh options that select one system and its configs.
 system_args() {
     if [ "$1" = conformer ]; then
