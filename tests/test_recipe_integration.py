@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import kaldiio
@@ -29,7 +30,7 @@ def _run(cmd: list[str], cwd: Path, log: Path, timeout: int) -> str:
 def fake_aishell(tmp_path_factory) -> Path:
     """A small corpus in AISHELL-1's layout, made by the mini recipe's generator."""
     out = tmp_path_factory.mktemp("corpus")
-    _run(["python", str(MINI / "local/make_corpus.py"), "--out", str(out), "--num_train", "16", "--num_dev", "6",
+    _run([sys.executable, str(MINI / "local/make_corpus.py"), "--out", str(out), "--num_train", "16", "--num_dev", "6",
           "--num_test", "6", "--num_train_spk", "2", "--num_dev_spk", "1", "--num_test_spk", "1", "--nj", "2"],
          REPO, out / "make_corpus.log", 300)
     return out

@@ -77,3 +77,22 @@ def test_train_on_log_mel_with_the_frozen_whisper_encoder(tmp_path):
     state = torch.load(tmp_path / "exp" / "1epoch.pth", weights_only=True)
     assert state and not any(k.startswith("encoder.") for k in state)
     assert state["connector.proj.weight"].shape[1] == 2 * 8  # 2 stacked frames of the 8-wide encoder
+
+
+def test_ddp_with_torchrun_and_gloo(tmp_path):
+    """Two CPU processes through torchrun (gloo), as on a cluster without ESPnet's own launcher."""
+    import os
+    import subprocess
+    import sys
+
+    tokenizer = make_tokenizer(tmp_path)
+    data = write_dataset(tmp_path / "data")
+    llm_dir = save_tiny_chatglm3(tmp_path / "llm", tokenizer.vocab_size)
+    command = _command(tmp_path, data, llm_dir, max_epoch=1)
+    command += ["--dist_backend", "gloo", "--multiprocessing_distributed", "false", "--batch_size", "2"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    proc = subprocess.run([*torchrun, "-m", "espnet2_ext.bin.speechllm_train", *command], capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[vm:0/2]" in proc.stderr or ":0/2]" in proc.stderr  # ESPnet tags log lines with rank/world size
+    assert (tmp_path / "exp" / "1epoch.pth").is_file()
