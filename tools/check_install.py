@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 PYTHON_MODULES = (
-    "torch", "torchaudio", "espnet", "espnet2.train.trainer", "espnet2.tasks.asr",
+    "torch", "torchaudio", "espnet", "espnet2.train.trainer", "espnet2.tasks.asr", "espnet2.bin.asr_inference",
     "transformers", "peft", "kaldiio", "sentencepiece", "soundfile", "yaml", "numpy",
     "matplotlib", "pytest", "espnet2_ext",
 )
