@@ -91,3 +91,17 @@ def collate(examples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
     fn = CommonCollateFn(float_pad_value=0.0, int_pad_value=0, not_sequence=["num_history"])
     _, batch = fn([(f"utt{i}", ex) for i, ex in enumerate(examples)])
     return batch
+
+
+def tiny_cot_ner_batch(directory: Path) -> tuple[ChatGLM3Tokenizer, dict[str, torch.Tensor]]:
+    """The tiny data set as one evaluation batch in CoT-NER format with one history utterance."""
+    from espnet2_ext.speechllm.preprocessor import SpeechLLMPreprocessor
+
+    tokenizer = make_tokenizer(directory)
+    paths = write_dataset(directory / "data")
+    pre = SpeechLLMPreprocessor(
+        train=False, tokenizer_file=str(directory / "spm.model"), feats_scp=str(paths["feats.scp"]),
+        text_file=str(paths["text"]), history_file=str(paths["history"]), eval_task="cot_ner", eval_history=1,
+    )
+    feats = kaldiio.load_scp(str(paths["feats.scp"]))
+    return tokenizer, collate([pre(uid, {"speech": feats[uid], "text": TEXTS[uid]}) for uid in TEXTS])

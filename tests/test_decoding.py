@@ -1,9 +1,8 @@
 """Batched greedy/beam search over the KV cache: batch == one at a time, cached == uncached, beam 1 == greedy."""
 
-import kaldiio
 import pytest
 import torch
-from helpers_tiny import TEXTS, collate, make_model, make_tokenizer, write_dataset
+from helpers_tiny import make_model, tiny_cot_ner_batch
 
 from espnet2_ext.speechllm.decoding import (
     DecodingOptions,
@@ -13,22 +12,13 @@ from espnet2_ext.speechllm.decoding import (
     greedy_search,
     repeated_ngram,
 )
-from espnet2_ext.speechllm.preprocessor import SpeechLLMPreprocessor
 
 NO_GUARD = dict(repeat_ngram=1, repeat_times=1000)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny")
-    tokenizer = make_tokenizer(directory)
-    paths = write_dataset(directory / "data")
-    pre = SpeechLLMPreprocessor(
-        train=False, tokenizer_file=str(directory / "spm.model"), feats_scp=str(paths["feats.scp"]),
-        text_file=str(paths["text"]), history_file=str(paths["history"]), eval_task="cot_ner", eval_history=1,
-    )
-    feats = kaldiio.load_scp(str(paths["feats.scp"]))
-    return tokenizer, collate([pre(uid, {"speech": feats[uid], "text": TEXTS[uid]}) for uid in TEXTS])
+    return tiny_cot_ner_batch(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

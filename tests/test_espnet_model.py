@@ -2,26 +2,14 @@
 
 import pytest
 import torch
-from helpers_tiny import TEXTS, collate, make_model, make_tokenizer, write_dataset
+from helpers_tiny import TEXTS, make_model, tiny_cot_ner_batch
 
-from espnet2_ext.speechllm.preprocessor import SpeechLLMPreprocessor
 from espnet2_ext.speechllm.prompts import build_target_text
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny")
-    tokenizer = make_tokenizer(directory)
-    paths = write_dataset(directory / "data")
-    pre = SpeechLLMPreprocessor(
-        train=False, tokenizer_file=str(directory / "spm.model"), feats_scp=str(paths["feats.scp"]),
-        text_file=str(paths["text"]), history_file=str(paths["history"]), eval_task="cot_ner", eval_history=1,
-    )
-    import kaldiio
-
-    feats = kaldiio.load_scp(str(paths["feats.scp"]))
-    examples = [pre(uid, {"speech": feats[uid], "text": TEXTS[uid]}) for uid in TEXTS]
-    return tokenizer, collate(examples)
+    return tiny_cot_ner_batch(tmp_path_factory.mktemp("tiny"))
 
 
 def _targets(tokenizer):
