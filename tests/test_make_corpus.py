@@ -1,10 +1,13 @@
-"""The mini recipe's corpus generator: AISHELL-1/AISHELL-NER layout, formats, disjoint splits, determinism."""
+"""The mini recipe's corpus generator: AISHELL-1/AISHELL-NER layout, formats, disjoint splits, determinism,
+and homophone names that only the history resolves (with the oracle that measures what that is worth)."""
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import json
 
 import pytest
 import soundfile
@@ -18,7 +21,11 @@ AISHELL_ID = re.compile(r"^BAC009(S\d{4})W\d{4}$")
 SPLITS = ("train", "dev", "test")
 
 sys.path.insert(0, str(LOCAL))
-import lexicon  # noqa: E402  (the recipe's local/ directory is not a package)
+import homophone_oracle  # noqa: E402  (the recipe's local/ directory is not a package)
+import lexicon  # noqa: E402
+
+VOICE = "cmn-latn-pinyin"
+TITLES = list(lexicon.INTRODUCTIONS.values())
 
 
 def make_corpus(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -57,19 +64,56 @@ def test_lexicon_is_large_and_varied():
     assert min(entity_counts) == 0 and max(entity_counts) == 3
     assert any(len({s for s in slot if s in BRACKETS}) > 1 for slot in slots), "no template mixes types"
     assert all(s in BRACKETS or s in lexicon.FILLERS for slot in slots for s in slot)
+    assert len(lexicon.INTRO_TEMPLATES) >= 10
+    for template in lexicon.INTRO_TEMPLATES:
+        assert template.count("{PER}") == 1 and "{TITLE} {PER}" in template, template
+        assert all(s in BRACKETS or s in lexicon.FILLERS for s in re.findall(r"\{(\w+)\}", template) if s != "TITLE")
+
+
+def test_every_homophone_spelling_has_its_own_title_said_nowhere_else():
+    spellings = [name for group in lexicon.HOMOPHONE_GROUPS for name in group]
+    assert len(lexicon.HOMOPHONE_GROUPS) >= 10 and {len(g) for g in lexicon.HOMOPHONE_GROUPS} == {2, 3}
+    assert sorted(lexicon.INTRODUCTIONS) == sorted(spellings) and len(set(spellings)) == len(spellings)
+    assert len(set(TITLES)) == len(TITLES)
+    elsewhere = [w for names in lexicon.ENTITY_TYPES.values() for w in names]
+    elsewhere += [w for fillers in lexicon.FILLERS.values() for w in fillers]
+    elsewhere += list(lexicon.TEMPLATES + lexicon.INTRO_TEMPLATES)
+    assert [(t, w) for t in TITLES for w in elsewhere if t in w] == []
 
 
 def test_every_lexicon_character_is_read_as_one_mandarin_syllable():
-    words = [w for names in lexicon.ENTITY_TYPES.values() for w in names]
+    words = [w for names in lexicon.ENTITY_TYPES.values() for w in names] + TITLES
     words += [w for fillers in lexicon.FILLERS.values() for w in fillers]
-    words += [re.sub(r"\{\w+\}|\s", "", t) for t in lexicon.TEMPLATES]
+    words += [re.sub(r"\{\w+\}|\s", "", t) for t in lexicon.TEMPLATES + lexicon.INTRO_TEMPLATES]
     chars = sorted(set("".join(words)))
     assert not MARKUP_CHARS.intersection(chars)
-    phonemes = subprocess.run(["espeak-ng", "-v", "cmn-latn-pinyin", "-q", "-x", " ".join(chars)],
+    phonemes = subprocess.run(["espeak-ng", "-v", VOICE, "-q", "-x", " ".join(chars)],
                               capture_output=True, text=True, check=True).stdout.split()
     # An unknown character is spelled out as several syllables (or as English letters).
     assert len(phonemes) == len(chars)
     assert [c for c, p in zip(chars, phonemes) if p.count("_|") != 1] == []
+
+
+def test_homophone_groups_and_only_they_sound_alike():
+    """Same phonemes within a group; every other person name and every title sounds unlike all others."""
+    words = list(lexicon.PERSONS) + TITLES
+    lines = subprocess.run(["espeak-ng", "-v", VOICE, "-q", "-x", "。".join(words)],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert len(lines) == len(words)
+    alike: dict[str, set[str]] = {}
+    for word, phonemes in zip(words, lines):
+        alike.setdefault(phonemes, set()).add(word)
+    assert sorted(sorted(w) for w in alike.values() if len(w) > 1) == sorted(map(sorted, lexicon.HOMOPHONE_GROUPS))
+
+
+def test_homophones_give_byte_identical_espeak_ng_audio():
+    def audio(text: str) -> bytes:
+        return subprocess.run(["espeak-ng", "-v", f"{VOICE}+f2", "-s", "160", "-p", "60", "--stdout", text],
+                              capture_output=True, check=True).stdout
+
+    for group in lexicon.HOMOPHONE_GROUPS:
+        assert len({audio(f"听说{name}今天很忙") for name in group}) == 1, group
+    assert audio("听说张伟今天很忙") != audio("听说张志强今天很忙")
 
 
 def test_layout_ids_and_audio_format(corpus):
@@ -136,6 +180,42 @@ def test_splits_have_disjoint_sentences_and_eval_entities_seen_in_train(corpus):
                 for s in SPLITS}
     assert surfaces["test"] and surfaces["test"] <= surfaces["train"]
     assert surfaces["dev"] <= surfaces["train"]
+
+
+def test_bare_homophone_names_are_introduced_within_two_previous_utterances(corpus):
+    """Only the history resolves a bare homophone name, and 2 history utterances always do."""
+    bare = 0
+    for split in SPLITS:
+        mentions = homophone_oracle.find_mentions(ner_lines(corpus, split))
+        assert [m for m in mentions if not m.resolved_with(2)] == []
+        bare += sum(not m.introduced for m in mentions)
+    assert bare > 0
+    named = {title: name for name, title in lexicon.INTRODUCTIONS.items()}
+    aishell = read_lines(corpus / "data_aishell" / "transcript" / "aishell_transcript_v0.8.txt")
+    for uttid, text in aishell:
+        words = text.split()
+        assert [(w, n) for w, n in zip(words, words[1:] + [""]) if w in named and n != named[w]] == [], uttid
+
+
+def test_oracle_guesses_the_names_the_history_cannot_resolve():
+    lines = [("BAC009S0764W0001", "经理[章玮]在(北京)开会"), ("BAC009S0764W0002", "[章玮]很忙"),
+             ("BAC009S0764W0003", "听说[章玮]很忙"), ("BAC009S0765W0001", "[章玮]和[杨磊]来了")]
+    mentions = homophone_oracle.find_mentions(lines)
+    assert [(m.introduced, m.distance) for m in mentions] == [(True, None), (False, 1), (False, 2), (False, None)]
+    guess = {"张伟": "张伟", "章玮": "张伟"}
+    hyps = {h: [text for _, text in homophone_oracle.oracle_hypothesis(lines, mentions, guess, h)]
+            for h in (0, 1, 2)}
+    assert hyps[0] == ["经理[章玮]在(北京)开会", "[张伟]很忙", "听说[张伟]很忙", "[张伟]和[杨磊]来了"]
+    assert hyps[1][1:3] == ["[章玮]很忙", "听说[张伟]很忙"]
+    assert hyps[2] == [text for _, text in lines[:3]] + ["[张伟]和[杨磊]来了"]
+
+
+def test_oracle_scores_the_corpus_with_the_project_scorer(corpus, tmp_path, capsys):
+    homophone_oracle.main(["--corpus", str(corpus), "--split", "test", "--out", str(tmp_path)])
+    results = {h: json.loads((tmp_path / f"h{h}" / "result.json").read_text(encoding="utf-8")) for h in (0, 1, 2)}
+    assert results[2]["cer"] == 0.0 and results[2]["f1"]["ALL"] == 1.0
+    assert results[0]["cer"] >= results[1]["cer"] >= results[2]["cer"]
+    assert "history 2: bare names resolvable in" in capsys.readouterr().out
 
 
 def test_same_seed_same_bytes_and_rerun_is_skipped(corpus, tmp_path):

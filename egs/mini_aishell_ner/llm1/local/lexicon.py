@@ -3,18 +3,48 @@
 Templates are pre-segmented into words (spaces), as AISHELL-1 transcripts are.
 Slots: ``{PER}``, ``{LOC}``, ``{ORG}`` are named entities (marked up in the
 AISHELL-NER transcript as ``[..]``, ``(..)``, ``<..>``); ``{TIME}``, ``{NUM}`` and
-``{TOPIC}`` are plain fillers that let entity-free templates yield many distinct sentences.
+``{TOPIC}`` are plain fillers that let templates yield many distinct sentences;
+``{TITLE}`` (introductions only) is the title that fixes the spelling of the name after it.
 Every character here is one that espeak-ng's ``cmn-latn-pinyin`` voice reads.
 """
 
-PERSONS: tuple[str, ...] = (
-    "张伟", "王芳", "李娜", "刘洋", "陈静", "杨磊", "赵敏", "黄强", "周杰", "吴琳",
-    "徐明", "孙丽", "马超", "朱红", "胡军", "郭涛", "何平", "高鹏", "林峰", "罗丹",
-    "郑浩", "梁宇", "谢婷", "宋佳", "唐亮", "韩雪", "冯刚", "邓超", "曹颖", "彭飞",
+# Person names that espeak-ng's cmn-latn-pinyin voice reads identically (same pinyin, same
+# tones, byte-identical audio): the sound alone cannot tell which spelling is meant.
+HOMOPHONE_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("张伟", "章玮"), ("李娜", "李纳"), ("刘洋", "刘阳", "刘杨"), ("陈静", "陈婧", "陈靖"),
+    ("周杰", "周洁"), ("吴琳", "吴霖"), ("孙丽", "孙立", "孙力"), ("林峰", "林枫"),
+    ("胡军", "胡君"), ("郑浩", "郑昊"), ("江涛", "姜涛"), ("王芳", "王方"),
+)
+
+# The one title each homophone spelling is introduced with ("经理 章玮"), and no other word
+# ever is: a story's first sentence fixes the spelling by a pattern a tiny model can learn
+# (title -> characters); later sentences say the name bare, so only the history resolves it.
+# Titles sound distinct from each other and appear nowhere else in the corpus.
+INTRODUCTIONS: dict[str, str] = {
+    "张伟": "教授", "章玮": "经理",
+    "李娜": "医生", "李纳": "律师",
+    "刘洋": "老师", "刘阳": "主任", "刘杨": "书记",
+    "陈静": "警官", "陈婧": "护士", "陈靖": "工程师",
+    "周杰": "导演", "周洁": "教练",
+    "吴琳": "画家", "吴霖": "作家",
+    "孙丽": "歌手", "孙立": "演员", "孙力": "司机",
+    "林峰": "厨师", "林枫": "秘书",
+    "胡军": "博士", "胡君": "法官",
+    "郑浩": "主席", "郑昊": "总裁",
+    "江涛": "翻译", "姜涛": "设计师",
+    "王芳": "助理", "王方": "老板",
+}
+
+# Names no other name in the corpus sounds like.
+UNAMBIGUOUS_PERSONS: tuple[str, ...] = (
+    "杨磊", "赵敏", "黄强", "徐明", "马超", "朱红", "郭涛", "何平", "高鹏", "罗丹",
+    "梁宇", "谢婷", "宋佳", "唐亮", "韩雪", "冯刚", "邓超", "曹颖", "彭飞",
     "王建国", "李秀英", "张志强", "刘德华", "陈晓东", "杨丽华", "赵家豪", "黄晓明",
     "周文博", "吴志刚", "徐海燕", "孙建平", "马云飞", "朱晓玲", "胡春华", "郭晶晶",
     "何俊杰", "高志远",
 )
+
+PERSONS: tuple[str, ...] = tuple(name for group in HOMOPHONE_GROUPS for name in group) + UNAMBIGUOUS_PERSONS
 
 LOCATIONS: tuple[str, ...] = (
     "北京", "上海", "广州", "深圳", "天津", "重庆", "杭州", "南京", "武汉", "成都",
@@ -91,6 +121,12 @@ TEMPLATES: tuple[str, ...] = (
     "{ORG} 和 {ORG} 在 {LOC} 签约",
     "{PER} 邀请 {PER} 参观 {ORG}",
     "{LOC} 的 {ORG} 聘请 {PER} 担任 顾问",
+    # a person again, as later sentences of a story say it
+    "听说 {PER} {TIME} 很 忙",
+    "{PER} 的 {TOPIC} 报告 写 得 很 好",
+    "{TIME} {PER} 请 大家 吃饭",
+    "{PER} {TIME} 又 去 了 {LOC}",
+    "{PER} 觉得 {TOPIC} 问题 很 重要",
     # no entity
     "{TIME} 市场 成交量 明显 增加",
     "我们 {TIME} 一起 去 吃饭 吧",
@@ -104,4 +140,19 @@ TEMPLATES: tuple[str, ...] = (
     "房价 {TIME} 保持 平稳 运行",
     "公司 {TIME} 招聘 了 {NUM} 名 员工",
     "他 在 这里 住 了 {NUM} 年",
+)
+
+# A story's first sentence: exactly one person, said with its title right before it.
+INTRO_TEMPLATES: tuple[str, ...] = (
+    "{TITLE} {PER} 明天 要 去 {LOC} 出差",
+    "{ORG} 的 {TITLE} {PER} 接受 了 采访",
+    "{TIME} {TITLE} {PER} 来到 了 {LOC}",
+    "{TITLE} {PER} 在 {ORG} 工作 了 {NUM} 年",
+    "{TIME} 我 见到 了 {TITLE} {PER}",
+    "我们 请 来 了 {LOC} 的 {TITLE} {PER}",
+    "{TITLE} {PER} 谈 了 谈 {TOPIC} 问题",
+    "欢迎 {TITLE} {PER} 来 {ORG} 指导 工作",
+    "{TITLE} {PER} 负责 {TOPIC} 方面 的 工作",
+    "{TIME} {TITLE} {PER} 在 {LOC} 开会",
+    "这 位 是 {ORG} 的 {TITLE} {PER}",
 )

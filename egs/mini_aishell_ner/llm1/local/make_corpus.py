@@ -12,12 +12,18 @@ unchanged::
     OUT/speakers.txt                                                    speaker split voice speed pitch
 
 Design choices, and why:
+- Context matters the way it does in the paper, where Chinese person names are hard
+  because of homophones. Each speaker reads consecutive three-sentence stories. Most
+  stories are about one person whose name has homophones in the corpus (lexicon.
+  HOMOPHONE_GROUPS: espeak-ng reads 张伟 and 章玮 identically): the first sentence
+  introduces the name with the one title that always comes with that spelling
+  ("经理 章玮"), the next two say it bare. Without history a bare name is a guess among
+  its group; with 1 history utterance the first bare mention is resolvable, with 2 both
+  are. Consecutive stories of a speaker never share a group, so a history never holds a
+  rival spelling. The other stories keep to names that sound like no other name.
 - Sentences are unique across the whole corpus, so dev/test hold only new
-  combinations; dev/test draw their entities from those spoken in train, because
-  tiny models cannot learn unseen names from a few thousand utterances.
-- Each speaker reads a sequence of short "stories" that keep returning to the
-  same few entities, so an utterance's history (its predecessors of the same
-  speaker) carries information, as in the paper's long-form experiments.
+  combinations; dev/test draw their entities and homophone names from those spoken in
+  train, because tiny models cannot learn unseen names from a few thousand utterances.
 - Output is a pure function of the arguments and this code: ``sox -D`` (no
   dither) makes wav files byte-identical across runs, and an ``OUT/.done`` marker
   holding the settings makes a rerun with the same settings a no-op.
@@ -40,7 +46,8 @@ from itertools import product
 from pathlib import Path
 
 from espnet2_ext.text.ner_markup import BRACKETS, parse_markup
-from lexicon import ENTITY_TYPES, FILLERS, TEMPLATES
+from lexicon import (FILLERS, HOMOPHONE_GROUPS, INTRO_TEMPLATES, INTRODUCTIONS, LOCATIONS, ORGANIZATIONS,
+                     TEMPLATES, UNAMBIGUOUS_PERSONS)
 
 SPLITS = ("train", "dev", "test")
 # AISHELL-1's speaker numbering: train S0002-S0723, dev S0724-S0763, test S0764-S0916.
@@ -51,12 +58,15 @@ VOICE_VARIANTS = tuple(f"m{i}" for i in range(1, 8)) + tuple(f"f{i}" for i in ra
 SPEEDS = tuple(range(150, 211, 10))  # words per minute; slower voices make too long utterances
 PITCHES = tuple(range(30, 71, 5))
 MIN_CHARS, MAX_CHARS = 8, 20
-STORY_LENGTH = (3, 6)  # sentences per story (range of a speaker's focus entities)
+STORY_LENGTH = 3  # an introduction and two bare mentions: each within 2 utterances of it
+NAMED_STORY_PROBABILITY = 0.75  # share of stories about a homophone name
 FOCUS_PROBABILITY = 0.6  # chance that an entity slot takes the story's entity
 MIN_EVAL_POOL = 3  # below this many train-seen entities of a type, dev/test use the full list
 MAX_TRIES = 2000  # attempts to find a new sentence before giving up
 NER_TRANSCRIPT = "aishell_ner_transcript.{split}.txt"
 AISHELL_TRANSCRIPT = "aishell_transcript_v0.8.txt"
+GROUP_OF = {name: group for group in HOMOPHONE_GROUPS for name in group}
+MENTION_TEMPLATES = tuple(t for t in TEMPLATES if "{PER}" in t.split())
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,22 @@ class Utterance:
         return "".join(self.words)
 
 
+@dataclass(frozen=True)
+class Pools:
+    """What a split's sentences draw names from."""
+
+    entities: dict[str, Sequence[str]]  # per entity type; PER holds only names without homophones
+    homophones: Sequence[str]  # the homophone spellings stories introduce
+
+
+@dataclass(frozen=True)
+class Story:
+    """What one speaker's next STORY_LENGTH sentences keep returning to."""
+
+    focus: dict[str, str]  # an entity per type, taken by a slot with FOCUS_PROBABILITY
+    named: str | None  # a homophone name: introduced with its title, then said bare in every sentence
+
+
 class SentenceComposer:
     """Fills templates with entities and fillers, never producing the same sentence twice."""
 
@@ -95,10 +121,22 @@ class SentenceComposer:
         self.rng = rng
         self.seen: set[str] = set()
 
-    def compose(self, pools: dict[str, Sequence[str]], focus: dict[str, str]) -> tuple[tuple[str, ...], str]:
+    def story(self, pools: Pools, previous: Story | None) -> Story:
+        """Draw a new story; never about the group of the previous one, whose mentions its history holds."""
+        focus = {etype: self.rng.choice(pool) for etype, pool in pools.entities.items()}
+        rivals = GROUP_OF[previous.named] if previous and previous.named else ()
+        candidates = [name for name in pools.homophones if name not in rivals]
+        named = self.rng.choice(candidates) if candidates and self.rng.random() < NAMED_STORY_PROBABILITY else None
+        return Story(focus, named)
+
+    def compose(self, pools: Pools, story: Story, position: int) -> tuple[tuple[str, ...], str]:
         """Return (words, marked text) of a new sentence of MIN_CHARS..MAX_CHARS characters."""
+        if story.named is None:
+            templates = TEMPLATES
+        else:
+            templates = INTRO_TEMPLATES if position == 0 else MENTION_TEMPLATES
         for _ in range(MAX_TRIES):
-            words, marked = self._fill(self.rng.choice(TEMPLATES), pools, focus)
+            words, marked = self._fill(self.rng.choice(templates), pools, story)
             plain = "".join(words)
             if MIN_CHARS <= len(plain) <= MAX_CHARS and plain not in self.seen:
                 self.seen.add(plain)
@@ -108,33 +146,40 @@ class SentenceComposer:
             "the templates are exhausted, ask for fewer utterances"
         )
 
-    def _fill(self, template: str, pools: dict[str, Sequence[str]],
-              focus: dict[str, str]) -> tuple[tuple[str, ...], str]:
+    def _fill(self, template: str, pools: Pools, story: Story) -> tuple[tuple[str, ...], str]:
+        tokens = template.split()
+        person_slots = [index for index, token in enumerate(tokens) if token == "{PER}"]
+        named_slot = self.rng.choice(person_slots) if story.named and person_slots else None
         words: list[str] = []
         marked: list[str] = []
         used: set[str] = set()
-        for token in template.split():
+        for index, token in enumerate(tokens):
             slot = token[1:-1] if token.startswith("{") else None
             if slot in BRACKETS:
-                entity = self._entity(pools[slot], focus[slot], used)
+                entity = story.named if index == named_slot else self._entity(
+                    pools.entities[slot], story.focus[slot], used)
                 used.add(entity)
                 words.append(entity)
                 opening, closing = BRACKETS[slot]
                 marked.append(f"{opening}{entity}{closing}")
             else:
-                word = self.rng.choice(FILLERS[slot]) if slot else token
+                word = self._word(slot, token, story)
                 words.append(word)
                 marked.append(word)
         return tuple(words), "".join(marked)
+
+    def _word(self, slot: str | None, token: str, story: Story) -> str:
+        """A template's plain word: itself, a random filler, or the title of the story's name."""
+        if slot is None:
+            return token
+        if slot == "TITLE":
+            return INTRODUCTIONS[story.named]
+        return self.rng.choice(FILLERS[slot])
 
     def _entity(self, pool: Sequence[str], focus: str, used: set[str]) -> str:
         if focus not in used and self.rng.random() < FOCUS_PROBABILITY:
             return focus
         return self.rng.choice([e for e in pool if e not in used])
-
-    def focus(self, pools: dict[str, Sequence[str]]) -> dict[str, str]:
-        """Draw the entities a new story keeps returning to."""
-        return {etype: self.rng.choice(pool) for etype, pool in pools.items()}
 
 
 def make_speakers(rng: random.Random, counts: dict[str, int]) -> dict[str, list[Speaker]]:
@@ -159,7 +204,7 @@ def compose_corpus(num_utts: dict[str, int], num_speakers: dict[str, int], seed:
     rng = random.Random(seed)
     speakers = make_speakers(rng, num_speakers)
     composer = SentenceComposer(rng)
-    full = {etype: list(names) for etype, names in ENTITY_TYPES.items()}
+    full = Pools({"PER": UNAMBIGUOUS_PERSONS, "LOC": LOCATIONS, "ORG": ORGANIZATIONS}, tuple(GROUP_OF))
     utterances = read_by_speakers(composer, full, speakers["train"], num_utts["train"])
     pools = eval_pools(utterances, full)
     for split in ("dev", "test"):
@@ -167,30 +212,29 @@ def compose_corpus(num_utts: dict[str, int], num_speakers: dict[str, int], seed:
     return utterances
 
 
-def eval_pools(train: list[Utterance], full: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Entities spoken in train, per type (the full list where train has too few of a type)."""
+def eval_pools(train: list[Utterance], full: Pools) -> Pools:
+    """Names spoken in train: per type (the full list where train has too few of a type), and
+    the homophone spellings train introduced (never more: an unseen spelling cannot be learned)."""
     spoken = {entity.surface for utt in train for entity in parse_markup(utt.marked).entities}
-    pools = {}
-    for etype, names in full.items():
+    entities = {}
+    for etype, names in full.entities.items():
         seen = [name for name in names if name in spoken]
-        pools[etype] = seen if len(seen) >= MIN_EVAL_POOL else names
-    return pools
+        entities[etype] = seen if len(seen) >= MIN_EVAL_POOL else names
+    return Pools(entities, [name for name in full.homophones if name in spoken])
 
 
-def read_by_speakers(composer: SentenceComposer, pools: dict[str, Sequence[str]],
-                     speakers: list[Speaker], count: int) -> list[Utterance]:
+def read_by_speakers(composer: SentenceComposer, pools: Pools, speakers: list[Speaker],
+                     count: int) -> list[Utterance]:
     """Split `count` sentences over the speakers; each reads consecutive stories."""
     utterances = []
     for index, speaker in enumerate(speakers):
         share = count // len(speakers) + (index < count % len(speakers))
-        story_left = 0
-        focus: dict[str, str] = {}
+        story: Story | None = None
         for number in range(1, share + 1):
-            if story_left == 0:
-                story_left = composer.rng.randint(*STORY_LENGTH)
-                focus = composer.focus(pools)
-            story_left -= 1
-            words, marked = composer.compose(pools, focus)
+            position = (number - 1) % STORY_LENGTH
+            if position == 0:
+                story = composer.story(pools, story)
+            words, marked = composer.compose(pools, story, position)
             uttid = f"{UTT_PREFIX}{speaker.spk_id}W{number:04d}"
             utterances.append(Utterance(uttid, speaker, words, marked))
     return utterances
