@@ -7,14 +7,22 @@
 # which runs N jobs with JOB replaced by 1..N in the log path and the command, writes each
 # job's output (with a `# command` header and a `# Ended (code N)` footer) to its log, and
 # exits non-zero naming every failing log.  `${cmd} exp/log/x.log command args` runs one job.
+# Several command words reach the job unchanged (each is quoted, so paths may hold spaces, `(`,
+# `;` or `$`), except shell operators standing alone as words: `prog a \| sort \> out` pipes.
 # A single command argument is a shell command line, so "a | b > c" works.
+# JOB is replaced wherever its text occurs, as in Kaldi: for paths that may themselves hold the
+# text JOB, name the variable otherwise (SPLIT=1:N ... SPLIT).
 #
 # cmd_backend: where jobs run.  Set it in the environment to override, e.g.
 #       cmd_backend=slurm ./run.sh
 #   local: this machine (utils/run_local.py); at most --max_jobs_run jobs at a time
-#          (default: the number of CPUs); --gpu/--mem/--time are ignored.
+#          (default: the number of CPUs).  --gpu k gives each job k GPUs of its own through
+#          CUDA_VISIBLE_DEVICES, from those the machine offers (CUDA_VISIBLE_DEVICES if set,
+#          else `nvidia-smi -L`); jobs wait while all are taken; more than it has is an error.
+#          --gpu 0 jobs run with CUDA_VISIBLE_DEVICES="".  --mem/--time are ignored.
 #   slurm: one sbatch job array per command (utils/run_slurm.py); options become sbatch
-#          flags through ${slurm_conf}; the batch script is written to LOGDIR/q/NAME.sh.
+#          flags through ${slurm_conf} (--gpu k: --gres=gpu:k); the batch script is
+#          written to LOGDIR/q/NAME.sh.
 cmd_backend=${cmd_backend:-local}
 
 # The repository root: the real directory of this file, so recipes may symlink it.

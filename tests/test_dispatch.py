@@ -2,43 +2,21 @@
 Slurm), cmd.sh and utils/parse_options.sh."""
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from helpers_dispatch import REPO, body, dispatch, header, wait_for
 from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401  (pytest fixture)
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "utils"))
 import job_array  # noqa: E402
 import run_slurm  # noqa: E402
 from slurm_config import SlurmConfigError, read_slurm_config  # noqa: E402
-
-
-def dispatch(backend: str, args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`source cmd.sh && $train_cmd ARGS` with cmd_backend=BACKEND, in bash, from `cwd`."""
-    env = {**(env or os.environ), "cmd_backend": backend}
-    return subprocess.run(["bash", "-c", f'set -eu; . "{REPO}/cmd.sh"; $train_cmd {args}'],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-
-
-def body(log: Path) -> list[str]:
-    """A log's lines without the dispatcher's `#` header and footer."""
-    return [line for line in log.read_text().splitlines() if not line.startswith("#")]
-
-
-def wait_for(predicate, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 # ---------------------------------------------------------------- command-line parsing
@@ -91,9 +69,12 @@ def test_local_cmd_sh_writes_one_log_per_job(tmp_path):
     r = dispatch("local", "JOB=1:3 logs/log.JOB.log echo JOB", tmp_path)
     assert r.returncode == 0, r.stderr
     for i in (1, 2, 3):
-        lines = (tmp_path / f"logs/log.{i}.log").read_text().splitlines()
-        assert lines[0] == f"# echo {i}" and lines[1].startswith("# Started at ")
-        assert lines[3] == str(i)
+        log = tmp_path / f"logs/log.{i}.log"
+        head = header(log)
+        assert head[0] == f"# echo {i}" and head[1].startswith("# Started at ")
+        assert head[2:] == ["# CUDA_VISIBLE_DEVICES="]  # a --gpu 0 job sees no GPU
+        assert body(log) == [str(i)]
+        lines = log.read_text().splitlines()
         assert re.fullmatch(r"# Accounting: time=\d+ threads=1", lines[-2])
         assert lines[-1].startswith("# Ended (code 0) at ")
 
@@ -162,13 +143,15 @@ def test_slurm_options_map_to_sbatch_flags(tmp_path):
     script = run_slurm.batch_script(job, config, tmp_path / "q/train.sh", tmp_path / "q/train.%a.out", tmp_path)
     lines = script.splitlines()
     for flag in ("--gres=gpu:2", "--mem=16G", "--cpus-per-task=4", "--time=4:00:00", "--array=1-5%3",
-                 "--job-name=train", f"--output={tmp_path}/q/train.%a.out", f"--chdir={tmp_path}"):
+                 "--job-name=train", f'--output="{tmp_path}/q/train.%a.out"', f'--chdir="{tmp_path}"'):
         assert f"#SBATCH {flag}" in lines, flag
     assert "3) run_task exp/log/train.3.log 'train.py 3' 4 ;;" in lines
     assert "sbatch --export=ALL --parsable --wait" in lines[1]
     bare = run_slurm.batch_script(job_array.parse_args(["x.log", "true"]), config, tmp_path / "x.sh",
                                   tmp_path / "x.%a.out", tmp_path)
     assert "gres" not in bare and "--mem" not in bare and "--cpus-per-task" not in bare  # gpu=0 default
+    cpu_only = "export CUDA_VISIBLE_DEVICES=  # --gpu 0: no GPU, whatever the submitting shell had"
+    assert cpu_only in bare.splitlines() and cpu_only not in lines
 
 
 def test_slurm_config_rules_and_errors(tmp_path):
@@ -192,11 +175,13 @@ def test_slurm_config_rules_and_errors(tmp_path):
 # ---------------------------------------------------------------- Slurm: a real cluster
 
 def test_slurm_cmd_sh_writes_one_log_per_job(slurm_cluster: SlurmCluster, tmp_path):
-    env = {**slurm_cluster.env, "DISPATCH_TEST_VAR": "exported"}  # as path.sh's settings must be
-    r = dispatch("slurm", "--mem 100M JOB=1:3 logs/log.JOB.log echo JOB '$DISPATCH_TEST_VAR'", tmp_path, env)
+    env = {**slurm_cluster.env, "DISPATCH_TEST_VAR": "exported",  # as path.sh's settings must be
+           "CUDA_VISIBLE_DEVICES": "0,1"}  # but a --gpu 0 job must not see the submitter's GPUs
+    r = dispatch("slurm", "--mem 100M JOB=1:3 logs/log.JOB.log 'echo JOB $DISPATCH_TEST_VAR'", tmp_path, env)
     assert r.returncode == 0, r.stderr + slurm_cluster.logs()
     assert [body(tmp_path / f"logs/log.{i}.log") for i in (1, 2, 3)] == [[f"{i} exported"] for i in (1, 2, 3)]
     assert (tmp_path / "logs/log.2.log").read_text().splitlines()[-1].startswith("# Ended (code 0) at ")
+    assert "# CUDA_VISIBLE_DEVICES=" in header(tmp_path / "logs/log.2.log")
     assert "#SBATCH --mem=100M" in (tmp_path / "logs/q/log.sh").read_text().splitlines()
 
 

@@ -4,6 +4,13 @@
 through the same bash wrapper (TASK_WRAPPER), so both backends substitute JOB the same way
 and write logs in the format of Kaldi's run.pl: a `# command` / `# Started at` header and a
 `# Accounting: time=... threads=...` / `# Ended (code N) at ...` footer.
+
+Command words reach the job unchanged: given as several words, each one is quoted for bash
+unless it is a shell operator standing alone (`|`, `&&`, `;`, `>`, `2>&1`...: Kaldi's `\\|`
+idiom), so a path holding spaces, `(`, `;` or `$` is data, never code.  A single word is an
+explicit shell command line.  JOB (the array variable) is replaced wherever its text occurs,
+inside quoted words too, as in Kaldi: a path that itself holds the text JOB is changed as well,
+so pick another variable name (`SPLIT=1:N`) for commands on such paths.
 """
 from __future__ import annotations
 
@@ -17,19 +24,26 @@ COMMON_OPTIONS = ("gpu", "mem", "num_threads", "time", "max_jobs_run")
 _COUNT_OPTIONS = {"gpu": 0, "num_threads": 1, "max_jobs_run": 1}  # option -> smallest value
 _RANGE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(\d+)(?::(\d+))?$")
 _FOOTER = re.compile(r"^# Ended \(code (\d+)\) at ")
+# A word that bash would read as a control or redirection operator, were it left unquoted.
+_OPERATOR = re.compile(r"\|\||&&|;|&|\||\|&|\d*(>|>>|>\||<)|&>>?|\d*[<>]&(\d+|-)")
+_ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*=)")
 
 USAGE = """\
 usage: {prog} [options] [JOB=1:N] LOG COMMAND [ARGS...]
   Runs COMMAND (once, or once per JOB=a..b with JOB replaced by the job number in LOG and
   COMMAND), writing each job's output to LOG.  A single COMMAND argument is a shell command
-  line (pipes and redirections work); several arguments are quoted where they hold spaces.
+  line (pipes and redirections work); several arguments are each passed unchanged, except
+  operators standing alone as words (| || && ; & > >> < 2> 2>&1 &> |& ...).
 options (as --name value, --name=value, '-' or '_' alike):
   --gpu N  --mem 16G  --num_threads N  --time 4:00:00  --max_jobs_run N{extra}"""
 
 # Runs one task: bash TASK_WRAPPER LOG COMMAND THREADS.  Exits with the command's status.
+# The header records the GPUs the task may see (CUDA_VISIBLE_DEVICES) whenever that is set.
 TASK_WRAPPER = r"""log=$1 command=$2 threads=$3
 mkdir -p -- "$(dirname -- "$log")" || exit 1
-printf '# %s\n# Started at %s\n#\n' "$command" "$(date)" > "$log" || exit 1
+{ printf '# %s\n# Started at %s\n' "$command" "$(date)"
+  [ -n "${CUDA_VISIBLE_DEVICES+set}" ] && printf '# CUDA_VISIBLE_DEVICES=%s\n' "$CUDA_VISIBLE_DEVICES"
+  echo '#'; } > "$log" || exit 1
 SECONDS=0
 bash -c "$command" >> "$log" 2>&1 < /dev/null
 code=$?
@@ -61,7 +75,17 @@ class JobArray:
     first: int
     last: int
     log: str
-    command: str
+    words: tuple[str, ...]  # the command as given: one shell command line, or several words
+
+    @property
+    def command(self) -> str:
+        """The command line bash runs (JOB not substituted)."""
+        return shell_command(self.words)
+
+    @property
+    def gpu(self) -> int:
+        """GPUs each task asks for (--gpu, default 0)."""
+        return int(self.options.get("gpu", 0))
 
     @property
     def num_threads(self) -> int:
@@ -89,8 +113,9 @@ class JobArray:
     def tasks(self) -> list[Task]:
         if self.variable is None:
             return [Task(self.first, self.log, self.command)]
+        var = self.variable
         return [
-            Task(i, self.log.replace(self.variable, str(i)), self.command.replace(self.variable, str(i)))
+            Task(i, self.log.replace(var, str(i)), shell_command([w.replace(var, str(i)) for w in self.words]))
             for i in range(self.first, self.last + 1)
         ]
 
@@ -100,12 +125,22 @@ class JobArray:
             raise UsageError(f"unknown option(s) {', '.join('--' + u for u in unknown)} ({where})")
 
 
-def shell_command(words: list[str]) -> str:
-    """The command line as bash will run it: one word is taken verbatim (a shell command line),
-    several are joined with those holding whitespace (or empty) quoted, as Kaldi's run.pl does."""
+def _quote(word: str) -> str:
+    """`word` quoted for bash; in NAME=VALUE only VALUE, so that a leading `VAR=x prog` still
+    assigns (as an argument, `NAME='v'` and `'NAME=v'` are the same word)."""
+    if _OPERATOR.fullmatch(word):
+        return word
+    if m := _ASSIGNMENT.match(word):
+        return m.group(1) + shlex.quote(word[m.end():])
+    return shlex.quote(word)
+
+
+def shell_command(words: list[str] | tuple[str, ...]) -> str:
+    """The command line as bash will run it: one word is taken verbatim (a shell command line);
+    several are joined with every word quoted except operators standing alone (`|`, `2>&1`...)."""
     if len(words) == 1:
         return words[0]
-    return " ".join(w if w and not any(c.isspace() for c in w) else shlex.quote(w) for w in words)
+    return " ".join(_quote(w) for w in words)
 
 
 def parse_args(argv: list[str]) -> JobArray:
@@ -139,7 +174,7 @@ def parse_args(argv: list[str]) -> JobArray:
     log, words = rest[0], rest[1:]
     if variable and last > first and variable not in log:
         raise UsageError(f"{last - first + 1} jobs would share one log {log!r}: put {variable} in its name")
-    return JobArray(options, variable, first, last, log, shell_command(words))
+    return JobArray(options, variable, first, last, log, tuple(words))
 
 
 def exit_code_in_log(log: str | Path) -> int | None:

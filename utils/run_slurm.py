@@ -6,10 +6,13 @@ Writes one batch script (LOGDIR/q/NAME.sh) holding every task, submits it as one
 Options map to sbatch flags through --config (default: conf/slurm.conf next to utils/).
 Each task writes its own exit status into its log's footer, so failures are read from the
 logs, not from accounting (a cluster need not run slurmdbd).  SIGINT/SIGTERM scancel the array.
+Tasks asking no GPU run with CUDA_VISIBLE_DEVICES="" (as with run_local.py); the others see
+the GPUs Slurm gives them (--gres through the config).
 Exits 0 when every task succeeded, 1 naming every failing log otherwise, 2 on bad usage.
 """
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -33,18 +36,34 @@ def submit_command(config: SlurmConfig, script: Path) -> list[str]:
     return [*config.command, "--parsable", "--wait", str(script)]
 
 
+def _sbatch_path(path: Path, what: str) -> str:
+    """`path` double-quoted for an #SBATCH line, whose parser knows no escapes: paths holding
+    `"`, a backslash (which also turns off Slurm's %-patterns) or a newline cannot be written."""
+    text = str(path)
+    if any(c in text for c in '"\\\n'):
+        raise UsageError(f"{what} {text!r} holds a double quote, backslash or newline, which #SBATCH "
+                         "lines cannot carry; use a directory without them")
+    return f'"{text}"'
+
+
 def batch_script(job: JobArray, config: SlurmConfig, script: Path, out_pattern: Path, cwd: Path) -> str:
-    """The job-array batch script: #SBATCH flags, the task wrapper, one case branch per task."""
+    """The job-array batch script: #SBATCH flags, the task wrapper, one case branch per task.
+    `out_pattern` is Slurm's per-task output file, with %a for the task id."""
     options = {k: v for k, v in job.options.items() if k not in ("config", "max_jobs_run")}
     array = f"{job.first}-{job.last}" + (f"%{job.max_jobs_run}" if job.max_jobs_run else "")
+    head, a, tail = str(out_pattern).rpartition("%a")
+    literal_out = Path(head.replace("%", "%%") + a + tail.replace("%", "%%"))  # %a stays Slurm's pattern
+    name = re.sub(r"[^\w.+-]", "_", job.name)
     lines = [
         "#!/bin/bash",
         f"# Written by {PROG}; submitted with: {shlex.join(submit_command(config, script))}",
-        f"#SBATCH --job-name={job.name}",
+        f"#SBATCH --job-name={name}",
         f"#SBATCH --array={array}",
-        f"#SBATCH --chdir={cwd}",
-        f"#SBATCH --output={out_pattern}",
+        f"#SBATCH --chdir={_sbatch_path(cwd, 'the working directory')}",
+        f"#SBATCH --output={_sbatch_path(literal_out, 'the Slurm output file')}",
         *(f"#SBATCH {shlex.join(flags)}" for flags in config.flags(options)),
+        *(["export CUDA_VISIBLE_DEVICES=  # --gpu 0: no GPU, whatever the submitting shell had"]
+          if {**config.defaults, **options}.get("gpu", "0") == "0" else []),
         "run_task() {",
         TASK_WRAPPER.rstrip("\n"),
         "}",
