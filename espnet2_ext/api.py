@@ -2,14 +2,21 @@
 
     from espnet2_ext.api import Speech2TextNER
     s2t = Speech2TextNER.from_pretrained("exp/decoder_only/packed", whisper="whisper-large-v2", llm="chatglm3-6b")
-    for result in s2t(["a.wav", waveform_16k]):
-        print(result.text, result.entities)
+    for result in s2t(["a.wav", waveform_16k], sample_rate=16000):
+        print(result.text, result.entities, result.warnings)
 
 A model is built from ESPnet's training ``config.yaml`` through :class:`SpeechLLMTask` (checkpoint
 paths overridden), then its trainable weights are loaded. ``from_pretrained`` always runs the
 frozen Whisper encoder on Whisper log-mel (``frontend.WhisperLogMel``), also for a model trained
-on cached encoder outputs, whose ``precomputed`` encoder is swapped for ``whisper``; the CLI keeps
-the training config's encoder (cached outputs or log-mel, as dumped by the recipe).
+on cached encoder outputs, whose ``precomputed`` encoder is swapped for ``whisper``; it decodes
+with the input settings the packed model recorded (``pad_to_30s``, n_mels, sample rate). The CLI
+keeps the training config's encoder (cached outputs or log-mel, as dumped by the recipe).
+
+Audio is checked before anything is decoded, and refused with :class:`BadInputAudio` (a
+``ValueError`` naming the item) rather than transcribed: float samples must lie in [-1, 1] (int16
+is scaled only with ``int16_scale=True``), arrays come with their ``sample_rate`` (resampled to
+16 kHz only with ``resample=True``), no NaN/Inf, mono, between ``min_seconds`` and ``max_seconds``.
+Usable but doubtful audio (clipped, very quiet) is decoded and said so in :attr:`Result.warnings`.
 
 Output formats (Table 1) follow the task and what the model was trained on: ``ner`` decodes
 ``T_{i-k} … |sep| T_i |ner| T̂_i`` (cot_ner); ``asr`` decodes long-form ``… |sep| T_i`` when the
@@ -24,27 +31,44 @@ a repetition loop or a missing eos is listed in :attr:`Decoded.problems`, never 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torchaudio
 import yaml
 
-from espnet2_ext.bin.dump_feats import BadUtterance, read_wave
+from espnet2_ext.checkpoint_io import DTYPES, load_state_file
 from espnet2_ext.speechllm.decoding import DecodingOptions, Hypothesis, TextConstraint, decode
 from espnet2_ext.speechllm.espnet_model import LLMInputs, SpeechInputs, SpeechLLMModel
-from espnet2_ext.speechllm.frontend import SAMPLE_RATE, WhisperLogMel
+from espnet2_ext.speechllm.frontend import HOP_LENGTH, SAMPLE_RATE, WhisperLogMel
 from espnet2_ext.speechllm.preprocessor import fitting_history
 from espnet2_ext.speechllm.prompts import build_target_text, parse_output
 from espnet2_ext.tasks.speechllm import SpeechLLMTask
 from espnet2_ext.text.chatglm3_tokenizer import ASR_TOKEN, NER_TOKEN, ChatGLM3Tokenizer
+from espnet2_ext.text.kaldi_text import BadAudio, read_audio
 from espnet2_ext.text.ner_markup import Entity, MarkupError, parse_markup, strip_markup
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TASKS: tuple[str, ...] = ("asr", "ner")
+MIN_SECONDS = 0.3
+MAX_SECONDS = 30.0  # Whisper's window: longer input would be cropped (pad_to_30s) or refused by the encoder
+CLIP_LEVEL = 0.999  # |x| at or above: a clipped sample
+CLIPPED_FRACTION = 0.001  # warn when more samples than this are clipped
+QUIET_PEAK_DBFS = -40.0  # warn when the peak is below
+
+
+class BadInputAudio(ValueError):
+    """Audio the API refuses; the message starts with the item (index, and file if any)."""
+
+    def __init__(self, item: str, reason: str) -> None:
+        self.item = item
+        self.reason = reason
+        super().__init__(f"{item}: {reason}")
 
 
 @dataclass
@@ -72,11 +96,12 @@ class Decoded:
 
 @dataclass
 class Result:
-    """What the API returns per input."""
+    """What the API returns per input; ``warnings``: doubtful audio and repaired or suspicious output."""
 
     text: str
     plain: str
     entities: list[Entity]
+    warnings: list[str] = field(default_factory=list)
 
 
 def output_format(task: str, history: int, trained_tasks: Sequence[str]) -> str:
@@ -110,8 +135,7 @@ def build_model(
     if tokenizer_file is not None:
         args.tokenizer_file = str(tokenizer_file)
     model = SpeechLLMTask.build_model(args)
-    state = torch.load(model_file, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    model.load_state_dict(load_state_file(model_file))
     return model.to(device=device, dtype=DTYPES[dtype]).eval(), args
 
 
@@ -196,16 +220,36 @@ class Speech2TextNER:
         llm: str | Path,
         device: str = "cpu",
         dtype: str = "float32",
-        pad_to_30s: bool = True,
+        pad_to_30s: bool | None = None,
         options: DecodingOptions = DecodingOptions(),
         batch_size: int = 8,
     ) -> "Speech2TextNER":
         """From a ``bin/pack_model.py`` directory plus the frozen base checkpoints; input is audio.
 
-        ``pad_to_30s`` must match how the model's training features were made (the recipe's option;
-        the paper and Whisper pad to 30 s).
+        The input is made as the model's training input was (``meta.json``'s ``input``). ``pad_to_30s``
+        None (the default) takes the recorded setting; a value that contradicts it is used with a
+        ``UserWarning`` (accuracy suffers); a model packed without the record needs it stated.
         """
         packed_dir = Path(packed_dir)
+        trained = packed_input_settings(packed_dir)
+        if trained is None and pad_to_30s is None:
+            raise ValueError(
+                f"{packed_dir / 'meta.json'} does not record the input settings the model was trained with "
+                "(packed by an older bin/pack_model.py): repack it, or pass pad_to_30s= as it was trained"
+            )
+        if trained is not None:
+            if trained["sample_rate"] != SAMPLE_RATE:
+                rate = trained["sample_rate"]
+                raise ValueError(f"{packed_dir}: trained on {rate} Hz input; the front end takes {SAMPLE_RATE} Hz")
+            if pad_to_30s is None:
+                pad_to_30s = trained["pad_to_30s"]
+            elif pad_to_30s != trained["pad_to_30s"]:
+                warnings.warn(
+                    f"decoding with pad_to_30s={pad_to_30s}, but {packed_dir} was trained with "
+                    f"pad_to_30s={trained['pad_to_30s']}: expect lower accuracy",
+                    UserWarning,
+                    stacklevel=2,
+                )
         config = yaml.safe_load((packed_dir / "config.yaml").read_text(encoding="utf-8"))
         precomputed_size = config["encoder_conf"].get("output_size") if config["encoder"] == "precomputed" else None
         config["encoder"] = "whisper"
@@ -217,7 +261,10 @@ class Speech2TextNER:
         whisper_width = model.encoder.output_size()
         if precomputed_size not in (None, whisper_width):
             raise ValueError(f"{whisper}: encoder width {whisper_width}, the model was trained on {precomputed_size}")
-        frontend = WhisperLogMel(model.encoder.whisper.config.num_mel_bins, pad_to_30s=pad_to_30s).to(device)
+        n_mels = model.encoder.whisper.config.num_mel_bins
+        if trained is not None and trained["n_mels"] not in (None, n_mels):
+            raise ValueError(f"{whisper}: {n_mels} mel bins, the model was trained on {trained['n_mels']}")
+        frontend = WhisperLogMel(n_mels, pad_to_30s=pad_to_30s).to(device)
         tokenizer = ChatGLM3Tokenizer(args.tokenizer_file)
         return cls(model, tokenizer, args.preprocessor_conf or {}, options, frontend, batch_size)
 
@@ -314,29 +361,114 @@ class Speech2TextNER:
         return Decoded(uid, text, strip_markup(text), raw, hyp.token_logprobs, hyp.score, problems)
 
     # ---------------------------------------------------------------- audio API
-    def __call__(self, audio: np.ndarray | str | Path | Sequence[np.ndarray | str | Path], task: str = "ner") -> list[Result]:
-        """Decode 16-kHz waveforms or audio files (each on its own, no history), batched."""
+    def __call__(
+        self,
+        audio: np.ndarray | str | Path | Sequence[np.ndarray | str | Path],
+        task: str = "ner",
+        *,
+        sample_rate: int | None = None,
+        resample: bool = False,
+        int16_scale: bool = False,
+        min_seconds: float = MIN_SECONDS,
+        max_seconds: float = MAX_SECONDS,
+    ) -> list[Result]:
+        """Decode waveforms or audio files (each on its own, no history), batched.
+
+        ``sample_rate`` is the rate of the arrays (files carry their own); input not at 16 kHz is
+        resampled only with ``resample=True``. int16 arrays are scaled by 1/32768 only with
+        ``int16_scale=True``. Every item is checked before any is decoded (see the module docstring).
+        """
         if self.frontend is None:
             raise RuntimeError("this instance decodes features; build it with from_pretrained to decode audio")
+        if not HOP_LENGTH / SAMPLE_RATE <= min_seconds <= max_seconds <= MAX_SECONDS:
+            raise ValueError(
+                f"need {HOP_LENGTH / SAMPLE_RATE} <= min_seconds <= max_seconds <= {MAX_SECONDS}, "
+                f"got {min_seconds}, {max_seconds}"
+            )
         items = [audio] if isinstance(audio, (np.ndarray, str, Path)) else list(audio)
+        checked = [
+            checked_audio(i, item, sample_rate, resample, int16_scale, min_seconds, max_seconds)
+            for i, item in enumerate(items)
+        ]
         results: list[Result] = []
         for start in range(0, len(items), self.batch_size):
-            chunk = items[start : start + self.batch_size]
-            requests = [Request(str(start + i), self._log_mel(item)) for i, item in enumerate(chunk)]
-            for decoded in self.decode_requests(requests, task):
-                results.append(Result(decoded.text, decoded.plain, parse_markup(decoded.text).entities))
+            chunk = checked[start : start + self.batch_size]
+            requests = [Request(str(start + i), self._log_mel(wave)) for i, (wave, _) in enumerate(chunk)]
+            for decoded, (_, doubts) in zip(self.decode_requests(requests, task), chunk):
+                entities = parse_markup(decoded.text).entities
+                results.append(Result(decoded.text, decoded.plain, entities, [*doubts, *decoded.problems]))
         return results
 
-    def _log_mel(self, item: np.ndarray | str | Path) -> np.ndarray:
-        if isinstance(item, (str, Path)):
-            try:
-                wave = read_wave(str(item))
-            except BadUtterance as err:
-                raise ValueError(str(err)) from err
-        else:
-            wave = np.asarray(item, dtype=np.float32)
-            if wave.ndim != 1 or wave.shape[0] < 160:
-                raise ValueError(f"expected a mono {SAMPLE_RATE}-Hz waveform of >= 160 samples, got shape {wave.shape}")
-        samples = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None].to(self.device)
+    def _log_mel(self, wave: np.ndarray) -> np.ndarray:
+        samples = torch.from_numpy(wave)[None].to(self.device)
         mel, length = self.frontend(samples, torch.tensor([samples.shape[1]], device=self.device))
         return mel[0, : int(length[0])].float().cpu().numpy()
+
+
+def packed_input_settings(packed_dir: Path) -> dict | None:
+    """The ``input`` settings a packed model's ``meta.json`` records; None for a model packed without them."""
+    meta = json.loads((packed_dir / "meta.json").read_text(encoding="utf-8"))
+    return meta.get("input")
+
+
+def checked_audio(
+    index: int,
+    item: np.ndarray | str | Path,
+    sample_rate: int | None,
+    resample: bool,
+    int16_scale: bool,
+    min_seconds: float,
+    max_seconds: float,
+) -> tuple[np.ndarray, list[str]]:
+    """Mono float32 samples at 16 kHz for one API input and its warnings, or :class:`BadInputAudio`."""
+    is_file = isinstance(item, (str, Path))
+    name = f"item {index} ({item})" if is_file else f"item {index}"
+    if is_file:
+        try:
+            wave, rate = read_audio(item)
+        except BadAudio as err:
+            raise BadInputAudio(name, str(err)) from err
+    else:
+        if sample_rate is None:
+            raise BadInputAudio(name, f"give the arrays' sample_rate (the model takes {SAMPLE_RATE} Hz)")
+        wave, rate = _float_samples(name, np.asarray(item), int16_scale), sample_rate
+    if not np.isfinite(wave).all():
+        raise BadInputAudio(name, f"{int((~np.isfinite(wave)).sum())} NaN or infinite samples")
+    peak = float(np.abs(wave).max(initial=0.0))
+    if peak > 1.0:
+        raise BadInputAudio(
+            name, f"float samples must lie in [-1, 1], the peak is {peak:.4g} (int16 values? divide by 32768)"
+        )
+    if rate != SAMPLE_RATE:
+        if not resample:
+            raise BadInputAudio(name, f"sample rate {rate} Hz, the model takes {SAMPLE_RATE} Hz; pass resample=True")
+        wave = torchaudio.functional.resample(torch.from_numpy(wave), rate, SAMPLE_RATE).numpy()
+    seconds = len(wave) / SAMPLE_RATE
+    if not min_seconds <= seconds <= max_seconds:
+        raise BadInputAudio(name, f"{seconds:.2f} s long, outside [{min_seconds:g}, {max_seconds:g}] s")
+    return np.ascontiguousarray(wave, dtype=np.float32), audio_warnings(wave, peak)
+
+
+def _float_samples(name: str, array: np.ndarray, int16_scale: bool) -> np.ndarray:
+    if array.ndim != 1:
+        raise BadInputAudio(name, f"expected a mono waveform (1-D array), got shape {array.shape}")
+    if array.dtype == np.int16:
+        if not int16_scale:
+            raise BadInputAudio(name, "int16 samples; pass int16_scale=True to scale them by 1/32768")
+        return array.astype(np.float32) / 32768.0
+    if array.dtype.kind != "f":
+        raise BadInputAudio(name, f"samples of dtype {array.dtype}; give float samples in [-1, 1] (or int16)")
+    return array.astype(np.float32)
+
+
+def audio_warnings(wave: np.ndarray, peak: float) -> list[str]:
+    """What makes usable audio doubtful: clipping, a very low level."""
+    found = []
+    clipped = int((np.abs(wave) >= CLIP_LEVEL).sum())
+    if clipped > CLIPPED_FRACTION * len(wave):
+        found.append(f"clipped: {clipped} samples ({100 * clipped / len(wave):.1f}%) at full scale")
+    if peak == 0.0:
+        found.append("silent: every sample is zero")
+    elif 20 * np.log10(peak) < QUIET_PEAK_DBFS:
+        found.append(f"very quiet: peak {20 * np.log10(peak):.0f} dBFS")
+    return found

@@ -7,16 +7,17 @@ from pathlib import Path
 import kaldiio
 import numpy as np
 import torch
-from transformers import GlmForCausalLM
+from transformers import DynamicCache, GlmForCausalLM
 
 from espnet2_ext.speechllm.backbones import PrecomputedEncoder
 from espnet2_ext.speechllm.chatglm3 import chatglm3_config_to_glm
 from espnet2_ext.speechllm.connectors import AdapterConnector, CrossAttentionConnector
-from espnet2_ext.speechllm.espnet_model import SpeechLLMModel
+from espnet2_ext.speechllm.espnet_model import LLMInputs, SpeechLLMModel
 from espnet2_ext.speechllm.lora import configure_llm_finetuning
 from espnet2_ext.text.chatglm3_tokenizer import TASK_TOKENS, ChatGLM3Tokenizer, train_sentencepiece
 from espnet2_ext.upstream_formats import save_chatglm3_checkpoint, tiny_chatglm3_config
 
+REPO = Path(__file__).resolve().parents[1]
 ENC_DIM = 8
 # Four synthetic "utterances" (AISHELL-NER style markup); uttids sort by speaker and time.
 TEXTS = {
@@ -105,3 +106,63 @@ def tiny_cot_ner_batch(directory: Path) -> tuple[ChatGLM3Tokenizer, dict[str, to
     )
     feats = kaldiio.load_scp(str(paths["feats.scp"]))
     return tokenizer, collate([pre(uid, {"speech": feats[uid], "text": TEXTS[uid]}) for uid in TEXTS])
+
+
+@torch.no_grad()
+def greedy_reference(
+    model: SpeechLLMModel, batch: dict[str, torch.Tensor], max_new_tokens: int = 64, use_cache: bool = True
+) -> list[list[int]]:
+    """Greedy token ids per item (eos excluded), one step at a time: a reference for the batched/beam decoder."""
+    speech_in = model.encode_speech(
+        batch["speech"], batch["speech_lengths"], batch["speech_segments"], batch["speech_segments_lengths"],
+        batch["num_history"],
+    )
+    prompt = batch["prompt"]
+    inputs = model.build_inputs(speech_in, prompt, batch["prompt_lengths"])
+    cache = DynamicCache(config=model.llm.config) if use_cache else None
+    size = prompt.size(0)
+    results: list[list[int]] = [[] for _ in range(size)]
+    finished = torch.zeros(size, dtype=torch.bool, device=prompt.device)
+    start = 0
+    for _ in range(max_new_tokens):
+        next_ids = model.decode_step(inputs, cache, start).argmax(-1)
+        for b in (~finished).nonzero().flatten().tolist():
+            if next_ids[b] != model.eos_id:
+                results[b].append(int(next_ids[b]))
+        finished |= next_ids == model.eos_id
+        if bool(finished.all()):
+            break
+        start = inputs.inputs_embeds.size(1) if use_cache else 0
+        inputs = LLMInputs(
+            torch.cat([inputs.inputs_embeds, model.embed_tokens(next_ids)[:, None]], dim=1),
+            torch.cat([inputs.attention_mask, inputs.attention_mask.new_ones(size, 1)], dim=1),
+            torch.cat([inputs.position_ids, inputs.position_ids[:, -1:] + 1], dim=1),
+            None,
+            inputs.speech_memory,
+        )
+    return results
+
+
+def train_tiny_experiment(tmp: Path, *extra: str, config: str = "tiny_decoder_only.yaml") -> dict:
+    """One epoch of long_asr + cot_ner on the tiny set (``extra``: more training options): exp dir, data, LLM."""
+    from espnet2_ext.bin.speechllm_train import main as train
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    tokenizer = make_tokenizer(tmp)
+    data = write_dataset(tmp / "data")
+    llm_dir = save_tiny_chatglm3(tmp / "llm", tokenizer.vocab_size)
+    exp = tmp / "exp"
+    train([
+        "--config", str(REPO / "conf/tuning" / config),
+        "--llm_conf", f"path={llm_dir}", "--tokenizer_file", str(tmp / "spm.model"),
+        "--preprocessor_conf", f"history_file={data['history']}",
+        "--preprocessor_conf", "tasks={long_asr: 0.3, cot_ner: 0.7}",
+        "--preprocessor_conf", "max_history=1",
+        "--train_data_path_and_name_and_type", f"{data['feats.scp']},speech,kaldi_ark",
+        "--train_data_path_and_name_and_type", f"{data['text']},text,text",
+        "--valid_data_path_and_name_and_type", f"{data['feats.scp']},speech,kaldi_ark",
+        "--valid_data_path_and_name_and_type", f"{data['text']},text,text",
+        "--train_shape_file", str(data["speech_shape"]), "--valid_shape_file", str(data["speech_shape"]),
+        "--output_dir", str(exp), "--max_epoch", "1", "--ngpu", "0", *extra,
+    ])
+    return {"exp": exp, "data": data, "llm": llm_dir, "tokenizer": tokenizer}

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from test_inference_cli import train_tiny_experiment
+from helpers_tiny import train_tiny_experiment
 
 from espnet2_ext.bin.analyze_speechllm import analysis_keys
 from espnet2_ext.bin.analyze_speechllm import main as analyze

@@ -10,13 +10,14 @@ import torch
 from transformers import GlmForCausalLM
 
 from espnet2_ext.bin import convert_chatglm3
+from espnet2_ext.checkpoint_io import read_state_dict
 from espnet2_ext.speechllm.chatglm3 import (
     chatglm3_config_to_glm,
     convert_chatglm3_state_dict,
     load_chatglm3,
     load_glm_config,
 )
-from espnet2_ext.upstream_formats import read_state_dict, save_chatglm3_checkpoint, tiny_chatglm3_config
+from espnet2_ext.upstream_formats import save_chatglm3_checkpoint, tiny_chatglm3_config
 
 
 def random_chatglm3_state(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:

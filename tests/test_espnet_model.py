@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers_tiny import TEXTS, make_model, tiny_cot_ner_batch
+from helpers_tiny import TEXTS, greedy_reference, make_model, tiny_cot_ner_batch
 
 from espnet2_ext.speechllm.prompts import build_target_text
 
@@ -36,25 +36,25 @@ def test_overfits_tiny_data_and_greedy_reproduces_it(tiny, arch):
             break
     assert weight.item() == 4
     model.eval()
-    hyps = model.generate_greedy(**batch, max_new_tokens=40)
+    hyps = greedy_reference(model, batch, max_new_tokens=40)
     assert hyps == _targets(tokenizer)
-    assert model.generate_greedy(**batch, max_new_tokens=40, use_cache=False) == hyps
+    assert greedy_reference(model, batch, max_new_tokens=40, use_cache=False) == hyps
 
 
 @pytest.mark.parametrize("arch", ["adapter", "cross_attention"])
 def test_cached_greedy_equals_uncached_on_a_random_model(tiny, arch):
     tokenizer, batch = tiny
     model = make_model(arch, tokenizer, gate_init=0.7).eval()
-    cached = model.generate_greedy(**batch, max_new_tokens=12)
-    assert cached == model.generate_greedy(**batch, max_new_tokens=12, use_cache=False)
+    cached = greedy_reference(model, batch, max_new_tokens=12)
+    assert cached == greedy_reference(model, batch, max_new_tokens=12, use_cache=False)
     assert all(len(h) > 0 for h in cached)
 
 
 def test_left_padding_keeps_each_item_independent(tiny):
     tokenizer, batch = tiny
     model = make_model("adapter", tokenizer).eval()
-    together = model.generate_greedy(**batch, max_new_tokens=8)
-    alone = model.generate_greedy(**{k: v[1:2] for k, v in batch.items()}, max_new_tokens=8)
+    together = greedy_reference(model, batch, max_new_tokens=8)
+    alone = greedy_reference(model, {k: v[1:2] for k, v in batch.items()}, max_new_tokens=8)
     assert alone[0] == together[1]
 
 

@@ -3,37 +3,11 @@
 from pathlib import Path
 
 import pytest
-from helpers_tiny import TEXTS, make_tokenizer, save_tiny_chatglm3, write_dataset
+from helpers_tiny import TEXTS, train_tiny_experiment
 
 from espnet2_ext.api import Speech2TextNER, schedule
 from espnet2_ext.bin.speechllm_inference import main as infer
-from espnet2_ext.bin.speechllm_train import main as train
 from espnet2_ext.speechllm.decoding import Hypothesis
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def train_tiny_experiment(tmp: Path, *extra: str, config: str = "tiny_decoder_only.yaml") -> dict:
-    """One epoch of long_asr + cot_ner on the tiny set (``extra``: more training options): exp dir, data, LLM."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    tokenizer = make_tokenizer(tmp)
-    data = write_dataset(tmp / "data")
-    llm_dir = save_tiny_chatglm3(tmp / "llm", tokenizer.vocab_size)
-    exp = tmp / "exp"
-    train([
-        "--config", str(REPO / "conf/tuning" / config),
-        "--llm_conf", f"path={llm_dir}", "--tokenizer_file", str(tmp / "spm.model"),
-        "--preprocessor_conf", f"history_file={data['history']}",
-        "--preprocessor_conf", "tasks={long_asr: 0.3, cot_ner: 0.7}",
-        "--preprocessor_conf", "max_history=1",
-        "--train_data_path_and_name_and_type", f"{data['feats.scp']},speech,kaldi_ark",
-        "--train_data_path_and_name_and_type", f"{data['text']},text,text",
-        "--valid_data_path_and_name_and_type", f"{data['feats.scp']},speech,kaldi_ark",
-        "--valid_data_path_and_name_and_type", f"{data['text']},text,text",
-        "--train_shape_file", str(data["speech_shape"]), "--valid_shape_file", str(data["speech_shape"]),
-        "--output_dir", str(exp), "--max_epoch", "1", "--ngpu", "0", *extra,
-    ])
-    return {"exp": exp, "data": data, "llm": llm_dir, "tokenizer": tokenizer}
 
 
 @pytest.fixture(scope="module")

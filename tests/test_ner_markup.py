@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers_data import AISHELL_NER_DEV, AISHELL_NER_DIR
 
 from espnet2_ext.bin import normalize_ner
 from espnet2_ext.text.kaldi_text import (
@@ -32,18 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def shared_dir() -> Path:
-    """The real AISHELL-NER dev annotations (``AISHELL_NER_SHARED`` overrides the location)."""
-    default = REPO.parent / "shared" / "data" / "aishell_ner"
-    path = Path(os.environ.get("AISHELL_NER_SHARED", default))
-    if not (path / "aishell_ner_transcript.dev.txt").is_file():
-        pytest.fail(f"AISHELL-NER dev annotations not found in {path}; set AISHELL_NER_SHARED")
-    return path
-
-
-@pytest.fixture(scope="module")
-def dev_lines(shared_dir: Path):
-    return read_kaldi_text_lines(shared_dir / "aishell_ner_transcript.dev.txt")
+def dev_lines():
+    return read_kaldi_text_lines(AISHELL_NER_DEV)
 
 
 # --- markup -------------------------------------------------------------------------------
@@ -171,12 +161,12 @@ def test_real_dev_counts_and_round_trip(dev_lines) -> None:
     assert adjacent > 0
 
 
-def test_real_dev_bio_agrees_with_markup(shared_dir: Path, dev_lines) -> None:
-    blocks = (shared_dir / "dev.bio.txt").read_text(encoding="utf-8").split("\n\n")
+def test_real_dev_bio_agrees_with_markup(dev_lines) -> None:
+    blocks = (AISHELL_NER_DIR / "dev.bio.txt").read_text(encoding="utf-8").split("\n\n")
     assert blocks[-1] == ""
     blocks = blocks[:-1]
     assert len(blocks) == len(dev_lines)
-    labels = set((shared_dir / "labels.bio.txt").read_text(encoding="utf-8").split())
+    labels = set((AISHELL_NER_DIR / "labels.bio.txt").read_text(encoding="utf-8").split())
     assert labels == {"O"} | {f"{p}-{t}" for t in ENTITY_TYPES for p in "BI"}
     for block, line in zip(blocks, dev_lines):
         marked = parse_markup(line.text)
@@ -288,8 +278,8 @@ def test_normalize_cli_strict_and_io_errors(tmp_path: Path) -> None:
     assert normalize_ner.main(["--in", str(tmp_path / "absent"), *args]) == 2
 
 
-def test_normalize_cli_on_real_dev_as_module(tmp_path: Path, shared_dir: Path) -> None:
-    source = shared_dir / "aishell_ner_transcript.dev.txt"
+def test_normalize_cli_on_real_dev_as_module(tmp_path: Path) -> None:
+    source = AISHELL_NER_DEV
     out, rejected = tmp_path / "out.txt", tmp_path / "rejected.txt"
     run = subprocess.run(
         [sys.executable, "-m", "espnet2_ext.bin.normalize_ner", "--in", str(source),

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from helpers_data import AISHELL_NER_DEV
 
 from espnet2_ext.bin.prepare_aishell_ner import main as prepare_main
 from espnet2_ext.bin.validate_data_dir import main as validate_main
@@ -18,7 +19,6 @@ from espnet2_ext.text.ner_markup import normalize_text, strip_markup
 
 REPO = Path(__file__).resolve().parents[1]
 MAKE_CORPUS = REPO / "egs" / "mini_aishell_ner" / "llm1" / "local" / "make_corpus.py"
-REAL_NER_DEV = REPO.parent / "shared" / "data" / "aishell_ner" / "aishell_ner_transcript.dev.txt"
 SPLITS = ("train", "dev", "test")
 KALDI_FILES = ("wav.scp", "text", "text.aishell", "utt2spk", "spk2utt", "utt2dur", "history")
 
@@ -119,6 +119,9 @@ def test_every_fault_is_reported_with_its_id_and_the_rest_is_kept(corpus, tmp_pa
     expected["train"][train[3]] = "not_mono"
     wav[train[4]].write_bytes(b"RIFF not really a wav")
     expected["train"][train[4]] = "bad_wav"
+    complete = wav[train[8]].read_bytes()
+    wav[train[8]].write_bytes(complete[: len(complete) // 2])  # the header still promises all the samples
+    expected["train"][train[8]] = "truncated_wav"
     ghost = train[0][:12] + "0999"  # a transcript line (AISHELL-1 and NER) without audio
     append(transcript, f"{ghost} 张伟 在 北京")
     append(ner["train"], f"{ghost} [张伟]在(北京)")
@@ -133,9 +136,10 @@ def test_every_fault_is_reported_with_its_id_and_the_rest_is_kept(corpus, tmp_pa
     expected["train"][train[7]] = "bad_markup"
     rewrite(transcript, lambda ls: [l for l in ls if not l.startswith(dev[0])])
     expected["dev"][dev[0]] = "no_aishell_transcript"
-    rewrite(ner["dev"], lambda ls: [l for l in ls if not l.startswith(dev[1])] + [""])
+    rewrite(ner["dev"], lambda ls: [l for l in ls if not l.startswith(dev[1])])
+    rewrite(ner["dev"], lambda ls: ls[:2] + [""] + ls[2:])
     expected["dev"][dev[1]] = "no_ner_transcript"
-    expected["dev"][f"{ner['dev'].name}:4"] = "malformed_line"  # the blank line just appended
+    expected["dev"][f"{ner['dev'].name}:3"] = "malformed_line"  # a blank line between lines (not at the end)
     rewrite(ner["test"], lambda ls: ls + [l for l in ls if l.startswith(test[0])])
     expected["test"][test[0]] = "duplicate_id"
     rewrite(ner["test"], lambda ls: [l.split()[0] + " " if l.startswith(test[1]) else l for l in ls])
@@ -157,11 +161,22 @@ def test_every_fault_is_reported_with_its_id_and_the_rest_is_kept(corpus, tmp_pa
             counts[reason] = counts.get(reason, 0) + 1
         for reason, count in counts.items():
             assert f"{split}: {count} rejected, {reason} ({REASONS[reason]})" in summary
-    assert f"train{len(train) + 2:>11}{len(train) - 7:>8}{9:>10}{0:>10}" in summary
+    assert f"train{len(train) + 2:>11}{len(train) - 8:>8}{10:>10}{0:>10}" in summary
     mismatch = (out / "test" / "text_mismatch.txt").read_text(encoding="utf-8").split()
     assert mismatch[0] == test[2] and mismatch[2] == mismatch[1] + "了"
     assert (out / "unassigned.txt").read_text(encoding="utf-8").startswith("BAC009S0999W0001 unassigned")
     assert "1 transcript lines belong to no split" in summary
+
+
+def test_bom_and_crlf_transcripts_are_read_like_plain_ones(corpus, tmp_path):
+    """As saved by an editor on Windows: the first utterance keeps its id, nothing is rejected."""
+    transcripts = [corpus / "data_aishell" / "transcript" / "aishell_transcript_v0.8.txt",
+                   *(corpus / "aishell_ner").glob("aishell_ner_transcript.*.txt")]
+    for path in transcripts:
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    reports, _ = prepare_aishell_ner(corpus / "data_aishell", corpus / "aishell_ner", tmp_path / "data")
+    assert [(r.split, r.kept, r.rejections) for r in reports] == [("train", 12, []), ("dev", 4, []), ("test", 4, [])]
+    assert all("\ufeff" not in (tmp_path / "data" / s / "text").read_text(encoding="utf-8") for s in SPLITS)
 
 
 def test_combined_ner_file_is_accepted(corpus, tmp_path):
@@ -178,7 +193,7 @@ def test_combined_ner_file_is_accepted(corpus, tmp_path):
 
 def test_real_aishell_ner_lines_are_kept_as_released(tmp_path):
     """Full-width letters and back-to-back entities of the real dev file against a half-width AISHELL-1 transcript."""
-    lines = REAL_NER_DEV.read_text(encoding="utf-8").splitlines()
+    lines = AISHELL_NER_DEV.read_text(encoding="utf-8").splitlines()
     picked = [l for l in lines if "ｔ恤" in l or ")(" in l][:4] + lines[:3]
     aishell, ner = tmp_path / "data_aishell", tmp_path / "aishell_ner"
     (aishell / "transcript").mkdir(parents=True)
@@ -232,7 +247,10 @@ def test_validate_data_dir_names_each_problem(tmp_path, capsys):
     write_data_dir(tmp_path / "good", good)
     assert validate_main([str(tmp_path / "good")]) == 0
     bad = dict(good)
-    bad["wav.scp"] = [f"A1_u1 {audio}", f"A1_u2 {tmp_path / 'missing.wav'}", f"B2_u1 {audio}"]
+    truncated = tmp_path / "truncated.wav"
+    soundfile.write(truncated, np.zeros(1600, dtype=np.int16), 16000, subtype="PCM_16")
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    bad["wav.scp"] = [f"A1_u1 {audio}", f"A1_u2 {tmp_path / 'missing.wav'}", f"B2_u1 {truncated}"]
     bad["text"] = ["A1_u2 再见", "A1_u1 你好", "B2_u1 谢谢"]
     bad["spk2utt"] = ["A1 A1_u1", "B2 B2_u1"]
     bad["utt2dur"] = ["A1_u1 1.5", "A1_u2 zero"]
@@ -240,7 +258,8 @@ def test_validate_data_dir_names_each_problem(tmp_path, capsys):
     write_data_dir(tmp_path / "bad", bad)
     assert validate_main([str(tmp_path / "bad")]) == 1
     err = capsys.readouterr().err
-    for message in ["missing.wav does not exist", "text:2: A1_u1 comes after A1_u2: not sorted",
+    for message in ["missing.wav does not exist", "truncated.wav is truncated: the header promises 3200 data bytes",
+                    "text:2: A1_u1 comes after A1_u2: not sorted",
                     "spk2utt: A1 does not list exactly its utt2spk utterances",
                     "utt2dur: ids of utt2spk missing: 1 (B2_u1)", "A1_u2 has duration 'zero'",
                     "A1_u1: history id A1_u2 is not an earlier utterance of speaker A1",

@@ -13,20 +13,17 @@ at 5 % character errors, which is why the rule is fixed and tested.
 
 from __future__ import annotations
 
-import os
 import re
 import unicodedata
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_data import AISHELL_NER_DEV
 
 from espnet2_ext.scoring import score_texts
 from espnet2_ext.scoring.synthetic import CorruptionRates, corrupt_corpus
 from espnet2_ext.text.kaldi_text import read_kaldi_text
-
-REPO = Path(__file__).resolve().parents[1]
 
 # --- independent reference implementation -------------------------------------------------
 
@@ -154,13 +151,8 @@ def reference_scores(refs: dict[str, str], hyps: dict[str, str]) -> dict:
 
 @pytest.fixture(scope="module")
 def dev_refs() -> dict[str, str]:
-    """The real AISHELL-NER dev transcript (``AISHELL_NER_SHARED`` overrides the location)."""
-    default = REPO.parent / "shared" / "data" / "aishell_ner"
-    path = Path(os.environ.get("AISHELL_NER_SHARED", default))
-    path = path / "aishell_ner_transcript.dev.txt"
-    if not path.is_file():
-        pytest.fail(f"AISHELL-NER dev transcript not found at {path}; set AISHELL_NER_SHARED")
-    return read_kaldi_text(path)
+    """The real AISHELL-NER dev transcript (kept in tests/data)."""
+    return read_kaldi_text(AISHELL_NER_DEV)
 
 
 def test_independent_implementation_sanity() -> None:

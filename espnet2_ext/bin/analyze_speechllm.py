@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import kaldiio
@@ -25,8 +26,9 @@ import yaml
 from espnet2.utils.nested_dict_action import NestedDictAction
 
 from espnet2_ext.api import Speech2TextNER
+from espnet2_ext.cli import add_verbose_argument, run_cli
 from espnet2_ext.speechllm.analysis import gate_values, plot_curves, speech_attention
-from espnet2_ext.speechllm.preprocessor import read_history_file
+from espnet2_ext.text.kaldi_text import read_history_file
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -41,6 +43,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_utts", type=int, default=24)
     parser.add_argument("--histories", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch_size", type=int, default=8)
+    add_verbose_argument(parser)
     return parser
 
 
@@ -103,4 +106,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from espnet2_ext.cli import add_verbose_argument, run_cli
 from espnet2_ext.text.chatglm3_tokenizer import TASK_TOKENS, ChatGLM3Tokenizer
 from espnet2_ext.text.kaldi_text import read_kaldi_text
 from espnet2_ext.text.ner_markup import MARKUP_CHARS
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokenizer", type=Path, required=True, help="sentencepiece tokenizer.model")
     parser.add_argument("--text", type=Path, required=True, help="Kaldi text file with NER markup")
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
     report = check(ChatGLM3Tokenizer(args.tokenizer), read_kaldi_text(args.text))
     shown = {k: (v[:10] if isinstance(v, list) else v) for k, v in report.items()}
@@ -59,4 +61,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

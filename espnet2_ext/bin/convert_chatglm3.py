@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import sys
 from pathlib import Path
 
-import torch
-
+from espnet2_ext.checkpoint_io import DTYPES
+from espnet2_ext.cli import add_verbose_argument, run_cli
 from espnet2_ext.speechllm.chatglm3 import load_chatglm3
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -24,6 +23,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("src", type=Path, help="ChatGLM3 directory (config.json, weights, tokenizer.model)")
     parser.add_argument("dst", type=Path, help="output directory for GlmForCausalLM.save_pretrained")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16", help="dtype of the saved weights")
+    add_verbose_argument(parser)
     return parser
 
 
@@ -41,4 +41,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

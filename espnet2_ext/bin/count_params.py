@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+from espnet2_ext.cli import add_verbose_argument, run_cli
 from espnet2_ext.speechllm.backbones import WhisperSpeechEncoder
 from espnet2_ext.speechllm.param_table import parameter_counts
 from espnet2_ext.tasks.speechllm import SpeechLLMTask
@@ -31,6 +33,7 @@ def count(argv: list[str] | None = None) -> dict:
     parser.add_argument("--config", required=True, help="training YAML")
     parser.add_argument("--llm_config", help="ChatGLM3 directory with config.json (replaces llm_conf.path)")
     parser.add_argument("--whisper_config", help="Whisper directory with config.json (replaces encoder_conf.path)")
+    add_verbose_argument(parser)
     ours, rest = parser.parse_known_args(argv)
     args = SpeechLLMTask.get_parser().parse_args(["--config", ours.config, *rest])
     if ours.llm_config:
@@ -54,4 +57,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

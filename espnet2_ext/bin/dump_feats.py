@@ -8,9 +8,10 @@ Run by the recipe as ``JOB=1:nj`` jobs::
 
 writes ``NAME.ark``/``NAME.scp`` (float32 matrices: log-mel ``(T, n_mels)`` or,
 with ``--encoder_out``, encoder outputs ``(T', d)``), ``STEM_shape.JOB``
-(``uttid T,D``) and ``bad_utts.JOB`` (``uttid reason``), where ``NAME`` =
-``STEM.JOB``. With ``--pad_to_30s true`` features are Whisper's 30-s window and
-the encoder runs on it; what is written is trimmed to the valid frames
+(``uttid T,D``), ``bad_utts.JOB`` (``uttid reason``) and ``STEM_conf.json`` (input
+type, ``pad_to_30s``, ``n_mels``, sample rate: what ``bin/pack_model.py`` records),
+where ``NAME`` = ``STEM.JOB``. With ``--pad_to_30s true`` features are Whisper's
+30-s window and the encoder runs on it; what is written is trimmed to the valid frames
 (``T = min(N // 160, 3000)``, ``T' = (T - 1) // 2 + 1``); longer audio is
 cropped to 30 s and reported. Unreadable, missing, non-16-kHz, multi-channel or
 too-short audio is listed in ``bad_utts.JOB``; the exit code is non-zero for
@@ -28,19 +29,15 @@ from pathlib import Path
 
 import kaldiio
 import numpy as np
-import soundfile as sf
 import torch
 from espnet2.utils.types import str2bool
 
+from espnet2_ext.checkpoint_io import DTYPES
+from espnet2_ext.cli import add_verbose_argument, run_cli
 from espnet2_ext.speechllm.frontend import CHUNK_SAMPLES, HOP_LENGTH, SAMPLE_RATE, WhisperLogMel
+from espnet2_ext.speechllm.input_settings import FeatureSettings, settings_file, write_feature_settings
 from espnet2_ext.speechllm.whisper_encoder import load_whisper_config, load_whisper_encoder
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class BadUtterance(Exception):
-    """An utterance that cannot be dumped; the message is the reason written to ``bad_utts``."""
-
+from espnet2_ext.text.kaldi_text import BadAudio, read_keys, read_wav_scp, read_wave
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,56 +53,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="encoder dtype")
     parser.add_argument("--strict", action="store_true", help="exit non-zero when any utterance is bad")
+    add_verbose_argument(parser)
     return parser
-
-
-def read_wav_scp(path: Path) -> dict[str, str]:
-    """``uttid value`` lines; malformed lines and duplicate ids are errors naming file and line."""
-    table: dict[str, str] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.strip().split(maxsplit=1)
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise ValueError(f"{path}:{lineno}: expected 'uttid path', got {line.strip()!r}")
-            if fields[0] in table:
-                raise ValueError(f"{path}:{lineno}: duplicate utterance id {fields[0]}")
-            table[fields[0]] = fields[1]
-    return table
-
-
-def read_keys(path: Path, wav_scp: dict[str, str], wav_scp_path: Path) -> list[str]:
-    keys = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if fields[0] not in wav_scp:
-                raise ValueError(f"{path}:{lineno}: utterance {fields[0]} is not in {wav_scp_path}")
-            keys.append(fields[0])
-    return keys
-
-
-def read_wave(value: str) -> np.ndarray:
-    """Mono 16-kHz samples of a wav.scp value, or :class:`BadUtterance` saying why not."""
-    if value.endswith("|"):
-        raise BadUtterance(f"pipe commands are not supported ({value!r}); give a file path")
-    path = Path(value)
-    if not path.is_file():
-        raise BadUtterance(f"file not found: {path}")
-    try:
-        samples, rate = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as err:
-        raise BadUtterance(f"unreadable audio {path}: {err}") from err
-    if rate != SAMPLE_RATE:
-        raise BadUtterance(f"{path}: sample rate {rate} Hz, expected {SAMPLE_RATE} Hz")
-    if samples.shape[1] != 1:
-        raise BadUtterance(f"{path}: {samples.shape[1]} channels, expected mono")
-    if samples.shape[0] < HOP_LENGTH:
-        raise BadUtterance(f"{path}: {samples.shape[0]} samples, fewer than one {HOP_LENGTH}-sample hop")
-    return samples[:, 0]
 
 
 def read_good_waves(
@@ -114,11 +63,11 @@ def read_good_waves(
     """Yield ``(uttid, wave)`` for readable utterances; append ``(uttid, reason)`` to ``bad`` for the rest."""
     for uttid in keys:
         try:
-            wave = read_wave(wav_scp[uttid])
+            wave = read_wave(wav_scp[uttid], SAMPLE_RATE, min_samples=HOP_LENGTH)
             if max_samples is not None and len(wave) > max_samples:
                 seconds = len(wave) / SAMPLE_RATE
-                raise BadUtterance(f"{seconds:.1f} s is longer than the encoder's 30 s; use --pad_to_30s")
-        except BadUtterance as err:
+                raise BadAudio(f"{seconds:.1f} s is longer than the encoder's 30 s; use --pad_to_30s")
+        except BadAudio as err:
             logging.warning(f"{uttid}: {err}")
             bad.append((uttid, str(err)))
             continue
@@ -164,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         encoder = load_whisper_encoder(args.whisper, args.pad_to_30s, dtype=DTYPES[args.dtype], device=args.device)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     ark, scp, shape_file, bad_file = _output_paths(args.out_dir, args.name)
+    input_type = "encoder_output" if args.encoder_out else "mel"
+    write_feature_settings(settings_file(scp), FeatureSettings(input_type, args.pad_to_30s, n_mels))
     bad: list[tuple[str, str]] = []
     max_samples = CHUNK_SAMPLES if args.encoder_out and not args.pad_to_30s else None
     waves = read_good_waves(keys, wav_scp, max_samples, args.pad_to_30s, bad)
@@ -187,4 +138,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

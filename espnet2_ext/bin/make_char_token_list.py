@@ -7,8 +7,11 @@ Order: <blank>, <unk>, characters by descending frequency (ties by code point), 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from pathlib import Path
+
+from espnet2_ext.cli import add_verbose_argument, run_cli
 
 
 def char_token_list(texts: list[str]) -> list[str]:
@@ -21,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--text", type=Path, required=True, help="Kaldi text file (uttid text)")
     parser.add_argument("--out", type=Path, required=True, help="token list to write")
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
     with open(args.text, encoding="utf-8") as f:
         texts = [line.split(maxsplit=1)[1] if len(line.split(maxsplit=1)) == 2 else "" for line in f]
@@ -31,4 +35,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

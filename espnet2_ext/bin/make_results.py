@@ -11,9 +11,11 @@ import json
 import os
 import platform
 import re
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from espnet2_ext.cli import add_verbose_argument, run_cli
 from espnet2_ext.scoring.report import DEFINITIONS, render_results_tables
 
 _DECODE_DIR = re.compile(r"^decode_(?P<phase>[^_]+)_(?P<task>[^_]+)_his(?P<history>\d+)$")
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test_sets", required=True, help="space-separated test sets")
     parser.add_argument("--command", default="", help="the recipe command line, recorded in the header")
     parser.add_argument("--out", type=Path, required=True, help="RESULTS.md to write")
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
     text = render(args.expdir, args.test_sets.split(), args.command)
     tmp = args.out.with_suffix(".tmp")
@@ -84,4 +87,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from espnet2_ext.cli import add_verbose_argument, run_cli
 from espnet2_ext.text.kaldi_text import (
     KaldiTextError,
     duplicate_id_reason,
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="normalised Kaldi text file")
     parser.add_argument("--rejected", type=Path, required=True, help="side file of rejected lines")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any line was rejected")
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
     try:
         total, rejected = normalize_file(args.in_path, args.out, args.rejected)
@@ -81,4 +83,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

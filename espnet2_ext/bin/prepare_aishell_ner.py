@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from espnet2_ext.cli import add_verbose_argument, run_cli
 from espnet2_ext.data.aishell import SPLITS, InputError, format_summary, prepare_aishell_ner
 
 
@@ -23,6 +24,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_duration", type=float, default=30.0, help="reject longer utterances (seconds)")
     parser.add_argument("--max_history_list", type=int, default=8,
                         help="most same-speaker predecessors listed per utterance in history")
+    add_verbose_argument(parser)
     return parser
 
 
@@ -45,4 +47,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

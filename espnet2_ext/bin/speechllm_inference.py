@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,9 +39,11 @@ import kaldiio
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import str2bool, str2triple_str
 
-from espnet2_ext.api import DTYPES, TASKS, Decoded, Speech2TextNER
+from espnet2_ext.api import TASKS, Decoded, Speech2TextNER
+from espnet2_ext.checkpoint_io import DTYPES
+from espnet2_ext.cli import add_verbose_argument, run_cli
 from espnet2_ext.speechllm.decoding import DecodingOptions
-from espnet2_ext.speechllm.preprocessor import read_history_file
+from espnet2_ext.text.kaldi_text import read_history_file, read_keys
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -74,22 +77,8 @@ def get_parser() -> argparse.ArgumentParser:
                         help="repetition guard: a hypothesis ends when its tail repeats an n-gram this often")
     parser.add_argument("--use_cache", type=str2bool, default=True, help="KV cache (false: recompute; slow)")
     parser.add_argument("--log_level", default="INFO")
+    add_verbose_argument(parser)
     return parser
-
-
-def read_keys(path: Path | None, feats: Mapping[str, object], feats_path: str) -> list[str]:
-    if path is None:
-        return list(feats)
-    keys: list[str] = []
-    with path.open(encoding="utf-8") as stream:
-        for line_no, line in enumerate(stream, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if fields[0] not in feats:
-                raise ValueError(f"{path}:{line_no}: utterance {fields[0]} is not in {feats_path}")
-            keys.append(fields[0])
-    return keys
 
 
 def write_outputs(output_dir: Path, keys: Sequence[str], results: Mapping[str, Decoded]) -> None:
@@ -130,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         args.tokenizer_file, "cuda" if args.ngpu > 0 else "cpu", args.dtype, options, args.batch_size,
     )
     feats = kaldiio.load_scp(speech[0][0])
-    keys = read_keys(args.key_file, feats, speech[0][0])
+    keys = read_keys(args.key_file, feats, speech[0][0]) if args.key_file else list(feats)
     history = read_history_file(args.history_file) if args.history_file else {}
     results = engine.decode_long_form(feats, keys, history, args.history, args.task)
     write_outputs(args.output_dir, keys, results)
@@ -138,4 +127,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

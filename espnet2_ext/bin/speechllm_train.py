@@ -1,7 +1,13 @@
-"""Train the speech-LLM: ``python -m espnet2_ext.bin.speechllm_train --config CONF ...`` (ESPnet2 AbsTask CLI)."""
+"""Train the speech-LLM: ``python -m espnet2_ext.bin.speechllm_train --config CONF ...`` (ESPnet2 AbsTask CLI).
+
+Options go to ESPnet's parser; ``ESPNET2_EXT_VERBOSE=1`` shows the traceback of an input error.
+"""
 
 from __future__ import annotations
 
+import sys
+
+from espnet2_ext.cli import run_cli
 from espnet2_ext.tasks.speechllm import SpeechLLMTask
 
 
@@ -10,4 +16,4 @@ def main(cmd: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

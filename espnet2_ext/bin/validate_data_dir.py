@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from espnet2_ext.cli import add_verbose_argument, run_cli
 from espnet2_ext.data.validate import validate_data_dir
 
 MAX_PRINTED = 50
@@ -14,6 +15,7 @@ MAX_PRINTED = 50
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("data_dirs", type=Path, nargs="+", help="Kaldi data directories")
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
     status = 0
     for data_dir in args.data_dirs:
@@ -31,4 +33,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -38,7 +38,13 @@ from pathlib import Path
 import soundfile
 
 from espnet2_ext.data.validate import validate_data_dir
-from espnet2_ext.text.kaldi_text import KaldiTextError, iter_raw_lines, split_kaldi_line, write_kaldi_text
+from espnet2_ext.text.kaldi_text import (
+    KaldiTextError,
+    iter_raw_lines,
+    split_kaldi_line,
+    wav_truncation,
+    write_kaldi_text,
+)
 from espnet2_ext.text.ner_markup import MarkupError, normalize_text, parse_markup
 
 SPLITS = ("train", "dev", "test")
@@ -60,6 +66,7 @@ REASONS: dict[str, str] = {
     "empty_text": "empty transcript",
     "bad_markup": "invalid AISHELL-NER markup",
     "bad_wav": "unreadable or empty wav file",
+    "truncated_wav": "wav header promises more samples than the file holds",
     "bad_sample_rate": f"sample rate is not {SAMPLE_RATE} Hz",
     "not_mono": "more than one channel",
     "too_long": "longer than the maximum duration",
@@ -190,11 +197,14 @@ def find_ner_transcript(ner_dir: Path, split: str) -> Path:
 
 
 def check_audio(uttid: str, path: Path, max_duration: float) -> Rejection | float:
-    """The duration of a usable wav file, or why it is not usable (from the header only)."""
+    """The duration of a usable wav file, or why it is not usable (from the header and the file size)."""
     try:
         info = soundfile.info(str(path))
+        truncated = wav_truncation(path)
     except (RuntimeError, OSError) as error:
         return Rejection(uttid, "bad_wav", f"{path}: {error}")
+    if truncated:
+        return Rejection(uttid, "truncated_wav", f"{path}: {truncated}")
     if info.frames <= 0:
         return Rejection(uttid, "bad_wav", f"{path}: no samples")
     if info.samplerate != SAMPLE_RATE:

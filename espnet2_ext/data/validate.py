@@ -3,8 +3,8 @@
 Checked: the required files exist; every ``key value`` file is readable, sorted (byte order, as
 ``LC_ALL=C sort``) and free of duplicate keys; the per-utterance files present hold the same ids;
 sorting by utterance id also sorts by speaker; ``spk2utt`` is the exact inverse of ``utt2spk``;
-durations are positive numbers; wav files named in ``wav.scp`` exist; every id of a ``history``
-list exists, has the same speaker and comes before the utterance it precedes.
+durations are positive numbers; wav files named in ``wav.scp`` exist and are not truncated; every
+id of a ``history`` list exists, has the same speaker and comes before the utterance it precedes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from espnet2_ext.text.kaldi_text import KaldiTextError, iter_raw_lines, split_kaldi_line
+from espnet2_ext.text.kaldi_text import KaldiTextError, iter_raw_lines, split_kaldi_line, wav_truncation
 
 REQUIRED_FILES = ("wav.scp", "text", "utt2spk", "spk2utt")
 PER_UTTERANCE_FILES = ("wav.scp", "text", "text.aishell", "utt2dur", "history")
@@ -102,6 +102,8 @@ def check_values(name: str, table: Table, utt2spk: Table) -> list[str]:
             plain_path = len(value.split()) == 1 and not value.endswith("|") and not ARK_OFFSET.search(value)
             if plain_path and not Path(value).is_file():
                 problems.append(f"{table.path}: {uttid}: wav file {value} does not exist")
+            elif plain_path and (truncated := wav_truncation(value)):
+                problems.append(f"{table.path}: {uttid}: wav file {value} is {truncated}")
         elif name == "history":
             speaker = utt2spk.rows.get(uttid)
             for previous in value.split():

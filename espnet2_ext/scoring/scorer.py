@@ -3,9 +3,11 @@
 Both sides go through :func:`~espnet2_ext.text.ner_markup.normalize_text` first. The
 reference must be valid (its markup errors raise, naming file, line and utterance). Every
 reference utterance is scored: one without a hypothesis line counts as an empty hypothesis
-(all deletions, every entity omitted) and is listed; hypothesis lines without a reference
-are listed and ignored; a hypothesis with invalid markup is scored on its text with the
-markup characters stripped, with no entities, and listed.
+(all deletions, every entity omitted, as sclite scores it) and is listed; hypothesis lines
+without a reference are listed and ignored; a hypothesis with invalid markup is scored on its
+text with the markup characters stripped, with no entities, and listed. An empty reference,
+or hypotheses none of whose ids is in the reference, raise :class:`NothingToScore`: a CER of
+100% over mismatched files would only mislead.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from espnet2_ext.errors import UserError
 from espnet2_ext.scoring.alignment import Alignment, align
 from espnet2_ext.scoring.cer import ErrorCounts
 from espnet2_ext.scoring.ner_f1 import NerCounts, match_entities
@@ -30,6 +33,10 @@ from espnet2_ext.text.ner_markup import (
 )
 
 HYP_OK, HYP_MISSING, HYP_INVALID = "ok", "missing", "invalid_markup"
+
+
+class NothingToScore(UserError):
+    """The reference has no utterance, or no hypothesis id is in it (files of different sets?)."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,26 @@ def _parse_hyp(line: KaldiTextLine | None, hyp_path: str) -> tuple[str, MarkedTe
     return text, marked, HYP_OK, ""
 
 
+def _check_overlap(
+    ref_lines: Sequence[KaldiTextLine],
+    hyp_lines: Sequence[KaldiTextLine],
+    ref_ids: set[str],
+    ref_path: str,
+    hyp_path: str,
+) -> None:
+    if not ref_lines:
+        raise NothingToScore(f"{ref_path}: no reference utterances; nothing to score")
+    if not hyp_lines:
+        raise NothingToScore(
+            f"{hyp_path}: no hypothesis lines for the {len(ref_lines)} utterances of {ref_path}"
+        )
+    if not any(line.utt_id in ref_ids for line in hyp_lines):
+        raise NothingToScore(
+            f"{hyp_path}: none of its {len(hyp_lines)} utterance ids (e.g. {hyp_lines[0].utt_id}) "
+            f"is in {ref_path} (e.g. {ref_lines[0].utt_id}); are both of the same set?"
+        )
+
+
 def score_lines(
     ref_lines: Sequence[KaldiTextLine],
     hyp_lines: Sequence[KaldiTextLine],
@@ -129,6 +156,7 @@ def score_lines(
     """Score parsed Kaldi text lines (utterance ids must be unique on each side)."""
     hyp_by_id = {line.utt_id: line for line in hyp_lines}
     ref_ids = {line.utt_id for line in ref_lines}
+    _check_overlap(ref_lines, hyp_lines, ref_ids, ref_path, hyp_path)
     result = ScoreResult(ref_path, hyp_path)
     result.extra_hyp_ids = [line.utt_id for line in hyp_lines if line.utt_id not in ref_ids]
     for ref_line in ref_lines:

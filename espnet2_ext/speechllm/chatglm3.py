@@ -20,7 +20,7 @@ import torch
 from transformers import GlmConfig, GlmForCausalLM
 from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
 
-from espnet2_ext.upstream_formats import load_checked_state_dict, read_state_dict
+from espnet2_ext.checkpoint_io import load_checked_state_dict, read_state_dict
 
 # ChatGLM3 -> GLM tensor names outside the layers, and inside layer N.
 _TOP_NAMES = {
@@ -97,41 +97,6 @@ def chatglm3_config_to_glm(cfg: Mapping) -> GlmConfig:
         bos_token_id=None,
         attention_bias=cfg["add_qkv_bias"],
     )
-
-
-def glm_config_to_chatglm3(config: GlmConfig) -> dict:
-    """The ChatGLM3 ``config.json`` fields that describe ``config`` (inverse of :func:`chatglm3_config_to_glm`)."""
-    theta = config.rope_parameters["rope_theta"]
-    if config.rope_parameters.get("partial_rotary_factor") != 0.5 or config.tie_word_embeddings:
-        raise ValueError("only GLM configs with partial_rotary_factor 0.5 and an untied output layer are ChatGLM3")
-    fields = {
-        "model_type": "chatglm",
-        "architectures": ["ChatGLMModel"],
-        "padded_vocab_size": config.vocab_size,
-        "hidden_size": config.hidden_size,
-        "ffn_hidden_size": config.intermediate_size,
-        "num_layers": config.num_hidden_layers,
-        "num_attention_heads": config.num_attention_heads,
-        "kv_channels": config.head_dim,
-        "multi_query_attention": config.num_key_value_heads != config.num_attention_heads,
-        "multi_query_group_num": config.num_key_value_heads,
-        "layernorm_epsilon": config.rms_norm_eps,
-        "seq_length": config.max_position_embeddings,
-        "add_qkv_bias": config.attention_bias,
-        "add_bias_linear": False,
-        "original_rope": True,
-        "rmsnorm": True,
-        "post_layer_norm": True,
-        "apply_residual_connection_post_layernorm": False,
-        "attention_dropout": config.attention_dropout,
-        "hidden_dropout": 0.0,
-        "tie_word_embeddings": False,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
-    }
-    if theta != 10000.0:
-        fields["rope_ratio"] = theta / 10000.0
-    return fields
 
 
 def _expected_chatglm3_keys(cfg: Mapping) -> set[str]:

@@ -193,46 +193,6 @@ class SpeechLLMModel(AbsESPnetModel):
         )
         return out.logits[:, -1]
 
-    @torch.no_grad()
-    def generate_greedy(
-        self,
-        speech: torch.Tensor,
-        speech_lengths: torch.Tensor,
-        speech_segments: torch.Tensor,
-        speech_segments_lengths: torch.Tensor,
-        num_history: torch.Tensor,
-        prompt: torch.Tensor,
-        prompt_lengths: torch.Tensor,
-        max_new_tokens: int = 64,
-        use_cache: bool = True,
-        **kwargs,
-    ) -> list[list[int]]:
-        """Greedy token ids per item (eos excluded); a reference for the batched/beam decoder."""
-        speech_in = self.encode_speech(speech, speech_lengths, speech_segments, speech_segments_lengths, num_history)
-        inputs = self.build_inputs(speech_in, prompt, prompt_lengths)
-        cache = DynamicCache(config=self.llm.config) if use_cache else None
-        batch = prompt.size(0)
-        results: list[list[int]] = [[] for _ in range(batch)]
-        finished = torch.zeros(batch, dtype=torch.bool, device=prompt.device)
-        start = 0
-        for _ in range(max_new_tokens):
-            next_ids = self.decode_step(inputs, cache, start).argmax(-1)
-            for b in (~finished).nonzero().flatten().tolist():
-                if next_ids[b] != self.eos_id:
-                    results[b].append(int(next_ids[b]))
-            finished |= next_ids == self.eos_id
-            if bool(finished.all()):
-                break
-            start = inputs.inputs_embeds.size(1) if use_cache else 0
-            inputs = LLMInputs(
-                torch.cat([inputs.inputs_embeds, self.embed_tokens(next_ids)[:, None]], dim=1),
-                torch.cat([inputs.attention_mask, inputs.attention_mask.new_ones(batch, 1)], dim=1),
-                torch.cat([inputs.position_ids, inputs.position_ids[:, -1:] + 1], dim=1),
-                None,
-                inputs.speech_memory,
-            )
-        return results
-
     # ------------------------------------------------------------- checkpoints
     def trainable_parameter_names(self) -> list[str]:
         return [name for name, param in self.named_parameters() if param.requires_grad]

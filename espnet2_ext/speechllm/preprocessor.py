@@ -38,7 +38,7 @@ from espnet2.train.preprocessor import AbsPreprocessor
 
 from espnet2_ext.speechllm.prompts import build_target_text, check_task
 from espnet2_ext.text.chatglm3_tokenizer import ASR_TOKEN, ChatGLM3Tokenizer
-from espnet2_ext.text.kaldi_text import read_kaldi_text_lines
+from espnet2_ext.text.kaldi_text import read_history_file, read_kaldi_text_lines
 from espnet2_ext.text.ner_markup import parse_markup
 
 
@@ -46,20 +46,6 @@ def _as_list(paths: str | Sequence[str] | None) -> list[str]:
     if paths is None:
         return []
     return [paths] if isinstance(paths, (str, Path)) else list(paths)
-
-
-def read_history_file(path: str | Path) -> dict[str, list[str]]:
-    """``uttid prev_1 … prev_n`` per line (most recent last) -> {uttid: [prev_1, …]}; duplicates are errors."""
-    history: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as stream:
-        for line_no, line in enumerate(stream, start=1):
-            fields = line.split()
-            if not fields:
-                raise ValueError(f"{path}:{line_no}: blank line (expected 'uttid prev_1 … prev_n')")
-            if fields[0] in history:
-                raise ValueError(f"{path}:{line_no}: duplicate utterance id {fields[0]}")
-            history[fields[0]] = fields[1:]
-    return history
 
 
 def fitting_history(history_frames: Sequence[int], budget: int) -> int:

@@ -27,8 +27,8 @@ import torch
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from espnet2_ext.checkpoint_io import load_checked_state_dict, load_state_file, read_state_dict
 from espnet2_ext.speechllm.frontend import CHUNK_FRAMES, SILENCE_BELOW_MAX
-from espnet2_ext.upstream_formats import load_checked_state_dict, read_state_dict
 
 # OpenAI Whisper names -> Hugging Face names, one dotted-path segment (or a run
 # of segments) at a time; the final layer norms are renamed by full key below.
@@ -194,9 +194,9 @@ def _is_openai_checkpoint(path: Path) -> bool:
 
 
 def _read_openai(path: Path) -> tuple[WhisperConfig, dict[str, torch.Tensor]]:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if not isinstance(checkpoint, dict) or not {"dims", "model_state_dict"} <= set(checkpoint):
-        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+    checkpoint = load_state_file(path, mmap=True)
+    if not {"dims", "model_state_dict"} <= set(checkpoint):
+        found = sorted(checkpoint)
         raise ValueError(f"{path}: not an OpenAI Whisper checkpoint (needs 'dims' and 'model_state_dict'; got {found})")
     return openai_dims_to_config(checkpoint["dims"]), checkpoint["model_state_dict"]
 

@@ -12,8 +12,9 @@ the valid and the train entries (evaluation: valid, and collect-stats over train
 ``history_file`` defaults to the ``history`` lists next to those text files (Kaldi data dirs).
 
 Only trainable parameters reach the optimizer, and only they are checkpointed (see
-:class:`SpeechLLMModel`). The preprocessor learns the epoch from the iterator factory so its
-random formats are reproducible per epoch, also after ``--resume``.
+:class:`SpeechLLMModel`); checkpoints (``--resume``, ``--init_param``) are loaded ``weights_only``
+(see :mod:`espnet2_ext.tasks.safe_loading`). The preprocessor learns the epoch from the iterator
+factory so its random formats are reproducible per epoch, also after ``--resume``.
 """
 
 from __future__ import annotations
@@ -29,16 +30,17 @@ from espnet2.iterators.abs_iter_factory import AbsIterFactory
 from espnet2.tasks.abs_task import AbsTask, optim_classes
 from espnet2.train.class_choices import ClassChoices
 from espnet2.train.collate_fn import CommonCollateFn
-from espnet2.train.trainer import Trainer
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import str2bool, str_or_none
 
+from espnet2_ext.errors import UserError
 from espnet2_ext.speechllm.backbones import ChatGLM3Source, PrecomputedEncoder, WhisperSpeechEncoder
 from espnet2_ext.speechllm.connectors import AdapterConnector, CrossAttentionConnector, SpeechConnector
 from espnet2_ext.speechllm.espnet_model import SpeechLLMModel
 from espnet2_ext.speechllm.lora import LLM_FINETUNE_MODES, configure_llm_finetuning
 from espnet2_ext.speechllm.param_table import format_parameter_table, parameter_counts
 from espnet2_ext.speechllm.preprocessor import SpeechLLMPreprocessor
+from espnet2_ext.tasks.safe_loading import SafeLoadingTask
 from espnet2_ext.text.chatglm3_tokenizer import ChatGLM3Tokenizer
 
 encoder_choices = ClassChoices(
@@ -71,12 +73,11 @@ def _data_paths(entries: Sequence[Sequence[str]] | None, name: str) -> list[str]
     return [path for path, data_name, _ in (entries or []) if data_name == name]
 
 
-class SpeechLLMTask(AbsTask):
+class SpeechLLMTask(SafeLoadingTask, AbsTask):
     """Speech-LLM ASR/NER training (Table-1 formats, three phases via configs)."""
 
     num_optimizers: int = 1
     class_choices_list = [encoder_choices, connector_choices, llm_choices]
-    trainer = Trainer
 
     @classmethod
     def add_task_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -137,10 +138,10 @@ class SpeechLLMTask(AbsTask):
     def build_optimizers(cls, args: argparse.Namespace, model: torch.nn.Module) -> list[torch.optim.Optimizer]:
         """The configured optimizer over the trainable parameters only (frozen Whisper/LLM excluded)."""
         if args.sharded_ddp or args.exclude_weight_decay:
-            raise ValueError("sharded_ddp and exclude_weight_decay are not supported by SpeechLLMTask")
+            raise UserError("sharded_ddp and exclude_weight_decay are not supported by SpeechLLMTask")
         optim_class = optim_classes.get(args.optim)
         if optim_class is None:
-            raise ValueError(f"--optim must be one of {list(optim_classes)}: {args.optim}")
+            raise UserError(f"--optim must be one of {list(optim_classes)}: {args.optim}")
         trainable = [p for p in model.parameters() if p.requires_grad]
         return [optim_class(trainable, **args.optim_conf)]
 
@@ -152,7 +153,7 @@ class SpeechLLMTask(AbsTask):
     def build_model_on(cls, args: argparse.Namespace, meta: bool) -> SpeechLLMModel:
         """Build the model; ``meta=True`` builds on the meta device from configs alone (no weights)."""
         if args.tokenizer_file is None and not meta:
-            raise ValueError("--tokenizer_file is required")
+            raise UserError("--tokenizer_file is required")
         encoder_class = encoder_choices.get_class(args.encoder)
         encoder_conf = dict(args.encoder_conf)
         if encoder_class is WhisperSpeechEncoder:
@@ -171,7 +172,7 @@ class SpeechLLMTask(AbsTask):
         else:
             tokenizer = ChatGLM3Tokenizer(args.tokenizer_file)
             if tokenizer.vocab_size > llm.config.vocab_size:
-                raise ValueError(
+                raise UserError(
                     f"tokenizer {args.tokenizer_file} has {tokenizer.vocab_size} ids, the LLM only "
                     f"{llm.config.vocab_size}"
                 )
