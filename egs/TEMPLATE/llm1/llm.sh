@@ -1,77 +1,75 @@
 #!/usr/bin/env bash
 # The stage engine shared by every recipe (the role of ESPnet's egs2/TEMPLATE/asr1/asr.sh).
-# A recipe's run.sh only sets corpus paths, checkpoints and configs, then calls this script.
+# A recipe is a directory holding run.sh, conf/ and local/data.sh (its corpus); run.sh passes every
+# option here unchanged. `./llm.sh --help` lists the options.
 #
 # Data flows one way: corpus -> Kaldi data dirs -> dumps -> three training phases -> decoding -> scoring -> RESULTS.md
-# Every stage is idempotent (a stage whose outputs exist is skipped unless --force true) and every heavy
-# step goes through ${train_cmd} / ${cuda_cmd} / ${decode_cmd} with JOB=1:N logs.
+# Each stage leaves a marker (.done) recording a fingerprint of what it was made from (inputs by content
+# or size+mtime, the options that change its output; utils/stage_stamp.py). A rerun skips a stage whose
+# fingerprint is unchanged and redoes one whose fingerprint changed, which changes the inputs of the stages
+# after it, so they are redone too. Every heavy step goes through ${train_cmd} / ${cuda_cmd} / ${decode_cmd}.
 set -euo pipefail
 
 log() {
     local fname=${BASH_SOURCE[1]##*/}
-    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
+    printf '%s (%s:%s:%s) %s\n' "$(date '+%Y-%m-%dT%H:%M:%S')" "${fname}" "${BASH_LINENO[0]}" "${FUNCNAME[1]}" "$*"
 }
 min() { local a b; a=$1; for b in "$@"; do [ "${b}" -lt "${a}" ] && a=${b}; done; echo "${a}"; }
 SECONDS=0
+run_args=$(printf '%q ' "$0" "$@")
 
+# ==== Options: each variable from here to the end marker is an option (--name VALUE or --name=VALUE) ====
 # General configuration
-stage=1              # Processes starts from the specified stage.
-stop_stage=10        # Processes is stopped at the specified stage.
-force=false          # Redo stages whose outputs already exist.
+stage=1              # First stage to run.
+stop_stage=10        # Last stage to run.
+force=false          # Redo the stages in range even when up to date (a training phase restarts from scratch, its old outputs removed).
 system=llm           # llm (Whisper + ChatGLM3) or conformer (the ESPnet baseline).
-arch=decoder_only    # decoder_only (adapter) or encoder_decoder (gated cross-attention).
+arch=decoder_only    # decoder_only (connector: adapter) or encoder_decoder (connector: cross_attention).
 ngpu=1               # Number of GPUs for training (0 = CPU).
 train_num_threads=1  # CPU threads per training process (OMP_NUM_THREADS; raise for CPU training).
-nj=8                 # Number of parallel jobs for data preparation and dumping.
+nj=8                 # Number of parallel jobs for feature dumping.
 inference_nj=8       # Number of parallel jobs for decoding.
 gpu_inference=false  # Decode on GPUs.
 dumpdir=dump         # Directory for features.
 expdir=exp           # Directory for experiments.
 datadir=data         # Directory for Kaldi data dirs.
-
 # Data preparation (stage 1)
-aishell_dir=         # AISHELL-1 root holding wav/ and transcript/ (i.e. .../data_aishell).
-ner_dir=             # Directory with aishell_ner_transcript.{train,dev,test}.txt.
-max_duration=30      # Utterances longer than this (seconds) are rejected and listed.
+local_data_opts=     # Options for the recipe's local/data.sh, as one shell-quoted string (the recipe's run.sh fills it).
 train_set=train      # Training split.
 valid_set=dev        # Validation split.
-test_sets="test"     # Splits to decode.
-
+test_sets="test"     # Splits to decode (space-separated).
 # Checkpoints (local paths only)
 whisper=             # Whisper checkpoint: a Hugging Face directory or an OpenAI .pt file.
 llm=                 # ChatGLM3 checkpoint directory (upstream format or converted), with tokenizer.model.
 input_type=encoder_output  # encoder_output (dump the frozen encoder once) or mel (run it every step).
 pad_to_30s=true      # Run Whisper on 30-s padded input as the paper does (false: variable length).
 dump_batch_size=8    # Utterances per encoder forward when dumping encoder outputs.
-
 # Training (stages 5-7)
-phase1_config=       # YAML for phase 1 (short-form ASR).
-phase2_config=       # YAML for phase 2 (long-form ASR with history).
-phase3_config=       # YAML for phase 3 (long-form ASR 30% + CoT NER 70%).
-train_args=          # Extra arguments for every training phase (e.g. "--max_epoch 2").
+phase1_config=       # YAML for phase 1, short-form ASR (empty: conf/train_<arch>_phase1.yaml).
+phase2_config=       # YAML for phase 2, long-form ASR with history (empty: conf/train_<arch>_phase2.yaml).
+phase3_config=       # YAML for phase 3, long-form ASR 30% + CoT NER 70% (empty: conf/train_<arch>_phase3.yaml).
+train_args=          # Extra arguments for every training phase, shell-quoted (e.g. "--max_epoch 2").
 init_checkpoint=valid.acc.ave.pth  # Which checkpoint of phase N starts phase N+1.
-tag=                 # Experiment tag (default: derived from system and arch).
-
+tag=                 # Experiment directory name under expdir (empty: derived, see "Experiment tags" above).
 # Conformer baseline
-asr_config=          # ESPnet asr_train YAML for the Conformer.
-asr_inference_config=  # ESPnet asr_inference YAML.
-
+asr_config=          # ESPnet asr_train YAML for the Conformer (empty: conf/train_conformer.yaml).
+asr_inference_config=  # ESPnet asr_inference YAML (empty: conf/decode_conformer.yaml).
 # Decoding (stage 8)
-decode_specs="phase1:asr:0 phase2:asr:1 phase3:ner:0 phase3:ner:1 phase3:ner:2"
-                     # phase:task:history triples decoded for each test set.
-inference_args=      # Extra arguments for speechllm_inference (e.g. "--beam_size 4").
-inference_batch_size=16
-inference_model=valid.acc.ave.pth
-
+decode_specs="phase1:asr:0 phase2:asr:1 phase3:ner:0 phase3:ner:1 phase3:ner:2"  # phase:task:history triples decoded for each test set.
+inference_args=      # Extra arguments for the decoder, shell-quoted (e.g. "--beam_size 4").
+inference_batch_size=16  # Utterances per decoding batch.
+inference_model=valid.acc.ave.pth  # Checkpoint of each phase that is decoded, analysed and packed.
 # Scoring and packing (stages 9-10)
 results=RESULTS.md   # Results file written by stage 9.
-packdir=             # Where stage 10 writes the packed model (default: ${expdir}/<tag>/packed).
+packdir=             # Where stage 10 writes the packed model (empty: <expdir>/<tag>/packed).
+# ==== End of options ====
 
-help_message=$(cat << EOF2
-Usage: $0 --stage <stage> --stop_stage <stop_stage> [options]
+help_message="Usage: $0 [--name VALUE | --name=VALUE]...    (run from a recipe directory)
 
 Stages:
-  1: data preparation (AISHELL-1 wavs + AISHELL-NER transcripts -> Kaldi data dirs + history lists)
+  1: data preparation: local/data.sh --out <datadir>/raw --splits \"<train_set> <valid_set> <test_sets>\" <local_data_opts>
+     writes one Kaldi data dir per split (wav.scp, text with NER markup, utt2spk, utt2dur, history) and
+     <datadir>/raw/deps, the corpus files it read (items of utils/stage_stamp.py), so stage 1 reruns when they change
   2: NER-markup normalisation (rejected lines listed)
   3: feature dumps (Whisper log-mel, and the frozen encoder's outputs)
   4: tokenizer / token list checks and shape files
@@ -79,65 +77,161 @@ Stages:
   6: phase 2, long-form ASR
   7: phase 3, long-form ASR + CoT NER
   8: decoding
-  9: scoring into ${results} (and Fig. 2 analysis plots in <expdir>/<system>/analysis)
+  9: scoring into <results> (and Fig. 2 analysis plots in <expdir>/<tag>/analysis)
  10: packing the trained parts
 
-Options (default in brackets):
-  --stage, --stop_stage [1, 10]   --force [false]   --system llm|conformer [llm]
-  --arch decoder_only|encoder_decoder [decoder_only]
-  --ngpu [1] --train_num_threads [1] --nj [8] --inference_nj [8] --gpu_inference [false]
-  --aishell_dir, --ner_dir        corpus locations (stage 1)
-  --whisper, --llm                local checkpoints
-  --input_type encoder_output|mel [encoder_output]   --pad_to_30s [true]
-  --phase{1,2,3}_config           training YAMLs   --train_args  extra training args
-  --asr_config, --asr_inference_config   Conformer baseline YAMLs
-  --decode_specs ["${decode_specs}"]   --inference_args   --inference_batch_size [16]
-  --train_set [train] --valid_set [dev] --test_sets ["test"]
-  --dumpdir [dump] --expdir [exp] --datadir [data] --tag --results [RESULTS.md] --packdir
-EOF2
-)
+Up to date: a stage whose marker records the fingerprint of its current inputs and options is skipped.
+A training phase finished with other inputs is retrained from scratch (its old outputs removed); one
+started with other inputs and not finished is refused: pass --force true (retrain from scratch) or a
+new --tag. Each phase YAML's connector must match --arch.
 
-log "$0 $*"
-run_args=$(printf '%q ' "$0" "$@")
-. ./path.sh
-. ./cmd.sh
+Experiment tags: <expdir>/<tag> holds one system. The default is the configs' common name without
+\"train_\" and \"_phaseN\" (prefixed by the arch when it does not start with it), then --train_args with
+\"--\" as \"_\" and characters other than letters, digits and \"_.,+-\" removed: the shipped configs give
+decoder_only, encoder_decoder and conformer; --train_args \"--max_epoch 2\" gives decoder_only_max_epoch2.
+
+Options (default in brackets):
+$(awk '
+    /^# ==== Options/ { on = 1; next }
+    /^# ==== End of options/ { on = 0 }
+    !on { next }
+    /^# / { sub(/^# /, ""); printf "\n%s:\n", $0; next }
+    {
+        name = $0; sub(/=.*/, "", name)
+        value = substr($0, length(name) + 2); comment = ""
+        if ((i = index(value, "  #")) > 0) { comment = substr(value, i + 2); value = substr(value, 1, i - 1) }
+        sub(/^# */, "", comment); sub(/[ \t]+$/, "", value); gsub(/^"|"$/, "", value)
+        printf "  --%-22s [%s] %s\n", name, value, comment
+    }' "${BASH_SOURCE[0]}")"
+
+# Options are parsed before path.sh is sourced, so that --help works without tools/venv.
 . utils/parse_options.sh
 
-[ $# -ne 0 ] && { log "${help_message}"; log "Error: unknown positional arguments: $*"; exit 2; }
-case "${system}" in llm|conformer) ;; *) log "Error: --system must be llm or conformer"; exit 2;; esac
-case "${arch}" in decoder_only|encoder_decoder) ;; *) log "Error: --arch must be decoder_only or encoder_decoder"; exit 2;; esac
+die() { log "Error: $*"; exit 2; }
+[ $# -eq 0 ] || die "unknown positional arguments: $* (options are --name VALUE; see --help)"
+log "${run_args}"
+case "${system}" in llm|conformer) ;; *) die "--system must be llm or conformer, not '${system}'";; esac
+case "${arch}" in decoder_only|encoder_decoder) ;; *) die "--arch must be decoder_only or encoder_decoder, not '${arch}'";; esac
+case "${input_type}" in encoder_output|mel) ;; *) die "--input_type must be encoder_output or mel, not '${input_type}'";; esac
+for _name in train_set valid_set test_sets; do
+    [[ ${!_name} =~ ^[[:space:]]*[A-Za-z0-9_.-]+([[:space:]]+[A-Za-z0-9_.-]+)*[[:space:]]*$ ]] \
+        || die "--${_name} '${!_name}': set names are words of letters, digits, '_', '.' and '-'"
+done
+read -ra decode_spec_list <<< "${decode_specs}"
+for _spec in "${decode_spec_list[@]}"; do
+    [[ ${_spec} =~ ^phase[123]:(asr|ner):[0-9]+$ ]] || die "--decode_specs: '${_spec}' is not phaseN:asr|ner:HISTORY"
+done
 
-[ -z "${tag}" ] && { if [ "${system}" = conformer ]; then tag=conformer; else tag=${arch}; fi; }
-sysdir=${expdir}/${tag}
-all_sets="${train_set} ${valid_set} ${test_sets}"
-all_sets=$(echo "${all_sets}" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | tr '\n' ' ')
-feats_name=$([ "${input_type}" = encoder_output ] && echo enc || echo mel)
+# split_words NAME...: the words of each option NAME holding a shell-quoted string, split as the shell would
+# (quotes and backslashes honoured, nothing expanded or run), into the array NAME_words.
+split_words() {
+    local name words pairs=()
+    for name; do pairs+=("${name}" "${!name}"); done
+    words=$(python3 -I -S -c 'import shlex, sys
+for name, value in zip(sys.argv[1::2], sys.argv[2::2]):
+    try:
+        print(f"{name}_words=(" + " ".join(shlex.quote(w) for w in shlex.split(value)) + ")")
+    except ValueError as e:
+        sys.exit(f"Error: --{name} {value!r} cannot be split into words: {e}")' "${pairs[@]}") || exit 2
+    eval "${words}"
+}
 
-# stage_done DIR: true when DIR/.done exists and --force is false (idempotent stages).
-stage_done() { [ "${force}" = false ] && [ -f "$1/.done" ]; }
+# Defaults that depend on other options.
+for _n in 1 2 3; do
+    _v=phase${_n}_config
+    [ -n "${!_v}" ] || printf -v "${_v}" '%s' "conf/train_${arch}_phase${_n}.yaml"
+done
+asr_config=${asr_config:-conf/train_conformer.yaml}
+asr_inference_config=${asr_inference_config:-conf/decode_conformer.yaml}
 
-require() { local v; for v in "$@"; do [ -n "${!v}" ] || { log "Error: --${v} is required for stage ${cur_stage}"; exit 2; }; done; }
-
-if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
-    cur_stage=1; require aishell_dir ner_dir
-    if stage_done "${datadir}/raw"; then
-        log "Stage 1: ${datadir}/raw already prepared, skipping"
+# config_stem FILE: the config's name without directory, extension, "train_" and "phaseN".
+config_stem() { local n=${1##*/}; n=${n%.y*ml}; n=${n#train_}; sed -E 's/[_-]?phase[0-9]+//' <<< "${n}"; }
+# default_tag: see "Experiment tags" in --help.
+default_tag() {
+    local stem base=${system}
+    if [ "${system}" = conformer ]; then
+        stem=$(config_stem "${asr_config}")
     else
-        log "Stage 1: data preparation from ${aishell_dir} and ${ner_dir}"
-        ${train_cmd} "${datadir}/raw/log/prepare.log" \
-            python -m espnet2_ext.bin.prepare_aishell_ner \
-                --aishell_dir "${aishell_dir}" --ner_dir "${ner_dir}" --out "${datadir}/raw" \
-                --splits ${all_sets} --max_duration "${max_duration}"
-        tail -n 20 "${datadir}/raw/log/prepare.log" | grep -v '^#' || true
-        touch "${datadir}/raw/.done"
+        base=${arch}
+        local s1 s2 s3
+        s1=$(config_stem "${phase1_config}"); s2=$(config_stem "${phase2_config}"); s3=$(config_stem "${phase3_config}")
+        stem=${s1}; [ "${s1}" = "${s2}" ] && [ "${s2}" = "${s3}" ] || stem=${s1}-${s2}-${s3}
+    fi
+    case "${stem}" in "${base}"|"${base}"_*) ;; *) stem=${base}_${stem};; esac
+    printf '%s%s\n' "${stem}" "$(sed -e 's/--/_/g' -e 's/[^A-Za-z0-9_.,+-]//g' <<< "${train_args}")"
+}
+[ -n "${tag}" ] || tag=$(default_tag)
+
+. ./path.sh
+. ./cmd.sh
+split_words local_data_opts train_args inference_args
+
+sysdir=${expdir}/${tag}
+read -ra all_sets <<< "$(printf '%s\n' ${train_set} ${valid_set} ${test_sets} | awk '!seen[$0]++' | tr '\n' ' ')"
+read -ra test_set_list <<< "${test_sets}"
+feats_name=$([ "${input_type}" = encoder_output ] && echo enc || echo mel)
+in_range() { [ "${stage}" -le "$1" ] && [ "${stop_stage}" -ge "$1" ]; }
+require() { local v; for v in "$@"; do [ -n "${!v}" ] || die "--${v} is required for stage ${cur_stage}"; done; }
+
+# Markers. stamp_check [--force] [--deps FILE] RECORD PENDING ITEM...: 0 when RECORD holds the fingerprint
+# of the items; otherwise the new fingerprint is written to PENDING and ${stale} says what changed.
+stamp_check() {
+    local rc=0
+    stale=$(python3 -I -S utils/stage_stamp.py check "$@") || rc=$?
+    [ "${rc}" -le 1 ] || { log "Error: utils/stage_stamp.py check $* failed"; exit 1; }
+    return "${rc}"
+}
+# up_to_date MARKER [--deps FILE] ITEM...: whether the stage that MARKER belongs to is up to date (never with
+# --force true). When it is not, its old marker is removed (${was_done}: whether there was one) and the new
+# fingerprint waits in MARKER.new until mark_done.
+up_to_date() {
+    local marker=$1 opts=(); shift
+    [ "${force}" = true ] && opts+=(--force)
+    [ "${1-}" = --deps ] && { opts+=(--deps "$2"); shift 2; }
+    stamp_check "${opts[@]}" "${marker}" "${marker}.new" "$@" && return 0
+    was_done=false; [ -f "${marker}" ] && was_done=true
+    rm -f "${marker}"
+    return 1
+}
+# mark_done MARKER [--deps FILE]: the stage succeeded; record what it was made from.
+mark_done() { python3 -I -S utils/stage_stamp.py commit "$1" "$1.new" "${@:2}"; }
+# clean_dir DIR: empty DIR (our own output directory) before redoing it, keeping the pending marker.
+clean_dir() { mkdir -p "$1"; find "$1" -mindepth 1 -maxdepth 1 ! -name '.done.new' -exec rm -rf {} +; }
+
+# The connector each architecture's YAMLs must use.
+case "${arch}" in decoder_only) connector=adapter;; encoder_decoder) connector=cross_attention;; esac
+if [ "${system}" = llm ]; then
+    for _n in 1 2 3; do
+        in_range $((_n + 4)) || continue
+        _v=phase${_n}_config
+        [ -f "${!_v}" ] || die "--${_v} ${!_v} not found"
+        _got=$(sed -nE 's/^connector:[[:space:]]*["'\'']?([A-Za-z0-9_]*).*/\1/p' "${!_v}" | head -n 1)
+        [ "${_got}" = "${connector}" ] || die "${!_v} (phase ${_n}) has connector: ${_got:-<none>}, but --arch ${arch} needs connector: ${connector}; pass --arch or --${_v} to match"
+    done
+fi
+
+if in_range 1; then
+    raw=${datadir}/raw
+    [ -f local/data.sh ] || die "$(pwd)/local/data.sh not found: a recipe prepares its corpus there (see egs/aishell_ner/llm1/local/data.sh)"
+    if up_to_date "${raw}/.done" --deps "${raw}/deps" file:local/data.sh \
+            "opt:local_data_opts=${local_data_opts}" "opt:splits=${all_sets[*]}"; then
+        log "Stage 1: ${raw} is up to date, skipping"
+    else
+        log "Stage 1: data preparation through local/data.sh into ${raw} (${stale})"
+        mkdir -p "${raw}"
+        local/data.sh --out "${raw}" --splits "${all_sets[*]}" "${local_data_opts_words[@]}"
+        mark_done "${raw}/.done" --deps "${raw}/deps"
     fi
 fi
 
-if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
-    log "Stage 2: NER-markup normalisation"
-    for x in ${all_sets}; do
+if in_range 2; then
+    for x in "${all_sets[@]}"; do
         src=${datadir}/raw/${x}; dst=${datadir}/${x}
-        stage_done "${dst}" && { log "  ${dst} already normalised, skipping"; continue; }
+        if up_to_date "${dst}/.done" "file:${src}/text" "file:${src}/wav.scp" "file:${src}/utt2spk" \
+                "file:${src}/utt2dur" "file:${src}/history"; then
+            log "Stage 2: ${dst} is up to date, skipping"; continue
+        fi
+        log "Stage 2: NER-markup normalisation of ${src} into ${dst} (${stale})"
         mkdir -p "${dst}"
         python -m espnet2_ext.bin.normalize_ner --in "${src}/text" --out "${dst}/text" --rejected "${dst}/text.rejected"
         # Keep only the utterances whose text survived normalisation, in every file of the data dir.
@@ -148,20 +242,23 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
             "${dst}/text" "${src}/history" > "${dst}/history"
         awk '{a[$2]=a[$2]" "$1} END {for (s in a) print s a[s]}' "${dst}/utt2spk" | sort > "${dst}/spk2utt"
         python -m espnet2_ext.bin.validate_data_dir "${dst}"
-        touch "${dst}/.done"
+        mark_done "${dst}/.done"
     done
 fi
 
-if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ] && [ "${system}" = llm ]; then
+if in_range 3 && [ "${system}" = llm ]; then
     cur_stage=3; [ "${input_type}" = encoder_output ] && require whisper
-    for x in ${all_sets}; do
+    for x in "${all_sets[@]}"; do
         out=${dumpdir}/${feats_name}/${x}
-        stage_done "${out}" && { log "Stage 3: ${out} already dumped, skipping"; continue; }
-        log "Stage 3: dumping ${feats_name} features of ${x} into ${out} (nj=${nj})"
+        items=("scp:${datadir}/${x}/wav.scp" "opt:input_type=${input_type}" "stat:${whisper}")
+        [ "${input_type}" = encoder_output ] && items+=("opt:pad_to_30s=${pad_to_30s}")
+        if up_to_date "${out}/.done" "${items[@]}"; then log "Stage 3: ${out} is up to date, skipping"; continue; fi
+        log "Stage 3: dumping ${feats_name} features of ${x} into ${out} (nj=${nj}; ${stale})"
+        clean_dir "${out}"
         _nj=$(min "${nj}" "$(wc -l < "${datadir}/${x}/wav.scp")")
         mkdir -p "${out}/split${_nj}" "${out}/log"
         # Contiguous blocks of utterance ids, one per job (keys.1 ... keys.N).
-        awk -v nj="${_nj}" -v out="${out}/split${_nj}/keys" 'NR==FNR {n++; next} {print $1 > (out "." (int((FNR - 1) * nj / n) + 1))}' \
+        keys=${out}/split${_nj}/keys nj=${_nj} awk 'NR==FNR {n++; next} {print $1 > (ENVIRON["keys"] "." (int((FNR - 1) * ENVIRON["nj"] / n) + 1))}' \
             "${datadir}/${x}/wav.scp" "${datadir}/${x}/wav.scp"
         dump_opts=(--n_mels 80)
         [ -n "${whisper}" ] && dump_opts=(--whisper "${whisper}")
@@ -175,36 +272,88 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ] && [ "${system}" = llm ]; then
         for i in $(seq 1 "${_nj}"); do cat "${out}/feats_shape.${i}"; done | sort > "${out}/feats_shape"
         for i in $(seq 1 "${_nj}"); do [ -f "${out}/bad_utts.${i}" ] && cat "${out}/bad_utts.${i}"; done > "${out}/bad_utts" || true
         log "  ${x}: $(wc -l < "${out}/feats.scp") utterances dumped, $(wc -l < "${out}/bad_utts") rejected (see ${out}/bad_utts)"
-        touch "${out}/.done"
+        mark_done "${out}/.done"
     done
 fi
 
-if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
+if in_range 4; then
+    cur_stage=4
     if [ "${system}" = llm ]; then
-        cur_stage=4; require llm
-        log "Stage 4: tokenizer and shape files"
-        [ -f "${llm}/tokenizer.model" ] || { log "Error: ${llm}/tokenizer.model not found"; exit 1; }
-        python -m espnet2_ext.bin.check_tokenizer --tokenizer "${llm}/tokenizer.model" --text "${datadir}/${train_set}/text"
+        require llm
+        marker=${datadir}/${train_set}/.tokenizer_checked
+        if up_to_date "${marker}" "file:${llm}/tokenizer.model" "file:${datadir}/${train_set}/text"; then
+            log "Stage 4: tokenizer check of ${datadir}/${train_set}/text is up to date, skipping"
+        else
+            log "Stage 4: tokenizer check (${stale})"
+            [ -f "${llm}/tokenizer.model" ] || die "${llm}/tokenizer.model not found"
+            python -m espnet2_ext.bin.check_tokenizer --tokenizer "${llm}/tokenizer.model" --text "${datadir}/${train_set}/text"
+            mark_done "${marker}"
+        fi
     else
-        log "Stage 4: character token list and shape files for the Conformer baseline"
-        mkdir -p "${datadir}/token_list/char"
-        python -m espnet2_ext.bin.make_char_token_list --text "${datadir}/${train_set}/text" \
-            --out "${datadir}/token_list/char/tokens.txt"
-        for x in ${all_sets}; do
-            awk '{printf "%s %d\n", $1, int($2 * 16000 + 0.5)}' "${datadir}/${x}/utt2dur" > "${datadir}/${x}/speech_shape"
-        done
+        tokens=${datadir}/token_list/char
+        items=("file:${datadir}/${train_set}/text")
+        for x in "${all_sets[@]}"; do items+=("file:${datadir}/${x}/utt2dur"); done
+        if up_to_date "${tokens}/.done" "${items[@]}"; then
+            log "Stage 4: ${tokens} and the speech_shape files are up to date, skipping"
+        else
+            log "Stage 4: character token list and shape files for the Conformer baseline (${stale})"
+            mkdir -p "${tokens}"
+            python -m espnet2_ext.bin.make_char_token_list --text "${datadir}/${train_set}/text" --out "${tokens}/tokens.txt"
+            for x in "${all_sets[@]}"; do
+                awk '{printf "%s %d\n", $1, int($2 * 16000 + 0.5)}' "${datadir}/${x}/utt2dur" > "${datadir}/${x}/speech_shape"
+            done
+            mark_done "${tokens}/.done"
+        fi
     fi
 fi
 
-# train_phase N CONFIG INIT: one training phase through ESPnet's Trainer (resumable).
-train_phase() {
-    local n=$1 config=$2 init=$3 outdir=${sysdir}/phase$1
-    if [ -f "${outdir}/${init_checkpoint}" ] && [ "${force}" = false ]; then
-        log "Stage $((n + 4)): ${outdir} already trained, skipping"; return 0
+# has_training_state DIR: ESPnet has saved a checkpoint there (it would resume from it).
+has_training_state() {
+    local f
+    [ -e "$1/checkpoint.pth" ] && return 0
+    for f in "$1"/*epoch.pth; do [ -e "${f}" ] && return 0; done
+    return 1
+}
+# start_training STAGE OUTDIR ITEM...: sets ${train_now}: false when OUTDIR is up to date, true when it must be
+# trained (it is then ready: new, emptied, or resumable with the same inputs); exits when it cannot be resumed safely.
+start_training() {
+    local st=$1 outdir=$2; shift 2
+    train_now=false
+    if up_to_date "${outdir}/.done" "$@"; then log "Stage ${st}: ${outdir} is up to date, skipping"; return 0; fi
+    train_now=true
+    if [ "${force}" = true ]; then
+        log "Stage ${st}: --force true: old outputs of ${outdir} removed, training from scratch"
+        clean_dir "${outdir}"
+    elif [ "${was_done}" = true ]; then
+        log "Stage ${st}: ${outdir} was trained from other inputs: old outputs removed, training from scratch"
+        clean_dir "${outdir}"
+    elif has_training_state "${outdir}"; then
+        if [ -f "${outdir}/.started" ] && stamp_check "${outdir}/.started" "${outdir}/.done.new" "$@"; then
+            stale="resuming: started with the same inputs"
+        else
+            [ -f "${outdir}/.started" ] || stale="no record of what it was started with"
+            die "${outdir} was started with other inputs and not finished (${stale}); pass --force true to train it from scratch (its outputs are removed) or a new --tag"
+        fi
     fi
-    [ -n "${config}" ] || { log "Error: --phase${n}_config is required"; exit 2; }
-    log "Stage $((n + 4)): phase ${n} training (${config}) -> ${outdir}"
     mkdir -p "${outdir}"
+    cp "${outdir}/.done.new" "${outdir}/.started"
+}
+# finish_training OUTDIR: the phase finished; record what it was made from.
+finish_training() { mark_done "$1/.done"; rm -f "$1/.started"; }
+
+# train_phase N CONFIG INIT: one training phase through ESPnet's Trainer.
+train_phase() {
+    local n=$1 config=$2 init=$3 outdir=${sysdir}/phase$1 st=$(($1 + 4))
+    local feats=${dumpdir}/${feats_name}
+    local items=("file:${config}" "opt:train_args=${train_args}" "opt:input_type=${input_type}" "stat:${llm}"
+                 "file:${datadir}/${train_set}/text" "file:${datadir}/${valid_set}/text"
+                 "stat:${feats}/${train_set}" "stat:${feats}/${valid_set}")
+    [ "${input_type}" = mel ] && items+=("stat:${whisper}" "opt:pad_to_30s=${pad_to_30s}")
+    [ -n "${init}" ] && items+=("stat:${init}")
+    start_training "${st}" "${outdir}" "${items[@]}"
+    [ "${train_now}" = true ] || return 0
+    [ -z "${init}" ] || [ -e "${init}" ] || die "${init} not found: train phase $((n - 1)) first (stage $((st - 1)))"
+    log "Stage ${st}: phase ${n} training (${config}) -> ${outdir} (${stale})"
     # The YAML's encoder decides the input: `precomputed` reads the stage-3 encoder outputs,
     # `whisper` runs the frozen encoder on log-mel (--input_type mel) and needs its path.
     local encoder_opts=()
@@ -212,35 +361,36 @@ train_phase() {
     local init_opts=()
     [ -n "${init}" ] && init_opts=(--init_param "${init}")
     local _cmd=${cuda_cmd}; [ "${ngpu}" -eq 0 ] && _cmd=${train_cmd}
-    # shellcheck disable=SC2086
     ${_cmd} --gpu "${ngpu}" --num_threads "${train_num_threads}" "${outdir}/train.log" \
         env OMP_NUM_THREADS="${train_num_threads}" python -m espnet2_ext.bin.speechllm_train \
             --config "${config}" --ngpu "${ngpu}" --output_dir "${outdir}" --resume true \
             --llm_conf "path=${llm}" --tokenizer_file "${llm}/tokenizer.model" "${encoder_opts[@]}" \
-            --train_data_path_and_name_and_type "${dumpdir}/${feats_name}/${train_set}/feats.scp,speech,kaldi_ark" \
+            --train_data_path_and_name_and_type "${feats}/${train_set}/feats.scp,speech,kaldi_ark" \
             --train_data_path_and_name_and_type "${datadir}/${train_set}/text,text,text" \
-            --valid_data_path_and_name_and_type "${dumpdir}/${feats_name}/${valid_set}/feats.scp,speech,kaldi_ark" \
+            --valid_data_path_and_name_and_type "${feats}/${valid_set}/feats.scp,speech,kaldi_ark" \
             --valid_data_path_and_name_and_type "${datadir}/${valid_set}/text,text,text" \
-            --train_shape_file "${dumpdir}/${feats_name}/${train_set}/feats_shape" \
-            --valid_shape_file "${dumpdir}/${feats_name}/${valid_set}/feats_shape" \
-            "${init_opts[@]}" ${train_args}
+            --train_shape_file "${feats}/${train_set}/feats_shape" \
+            --valid_shape_file "${feats}/${valid_set}/feats_shape" \
+            "${init_opts[@]}" "${train_args_words[@]}"
+    finish_training "${outdir}"
 }
 
 if [ "${system}" = llm ]; then
-    [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && train_phase 1 "${phase1_config}" ""
-    [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ] && train_phase 2 "${phase2_config}" "${sysdir}/phase1/${init_checkpoint}"
-    [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ] && train_phase 3 "${phase3_config}" "${sysdir}/phase2/${init_checkpoint}"
-elif [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
+    in_range 5 && train_phase 1 "${phase1_config}" ""
+    in_range 6 && train_phase 2 "${phase2_config}" "${sysdir}/phase1/${init_checkpoint}"
+    in_range 7 && train_phase 3 "${phase3_config}" "${sysdir}/phase2/${init_checkpoint}"
+elif in_range 5; then
     outdir=${sysdir}/phase1
-    if [ -f "${outdir}/${init_checkpoint}" ] && [ "${force}" = false ]; then
-        log "Stage 5: ${outdir} already trained, skipping"
-    else
-        log "Stage 5: Conformer baseline training (${asr_config}) -> ${outdir}"
-        mkdir -p "${outdir}"
+    items=("file:${asr_config}" "opt:train_args=${train_args}" "file:${datadir}/token_list/char/tokens.txt")
+    for x in "${train_set}" "${valid_set}"; do
+        items+=("scp:${datadir}/${x}/wav.scp" "file:${datadir}/${x}/text" "file:${datadir}/${x}/speech_shape")
+    done
+    start_training 5 "${outdir}" "${items[@]}"
+    if [ "${train_now}" = true ]; then
+        log "Stage 5: Conformer baseline training (${asr_config}) -> ${outdir} (${stale})"
         _cmd=${cuda_cmd}; [ "${ngpu}" -eq 0 ] && _cmd=${train_cmd}
-        # shellcheck disable=SC2086
         ${_cmd} --gpu "${ngpu}" --num_threads "${train_num_threads}" "${outdir}/train.log" \
-            env OMP_NUM_THREADS="${train_num_threads}" python -m espnet2.bin.asr_train --config "${asr_config}" --ngpu "${ngpu}" \
+            env OMP_NUM_THREADS="${train_num_threads}" python -m espnet2_ext.bin.asr_train --config "${asr_config}" --ngpu "${ngpu}" \
                 --output_dir "${outdir}" --resume true --token_type char \
                 --token_list "${datadir}/token_list/char/tokens.txt" \
                 --train_data_path_and_name_and_type "${datadir}/${train_set}/wav.scp,speech,sound" \
@@ -248,23 +398,36 @@ elif [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
                 --valid_data_path_and_name_and_type "${datadir}/${valid_set}/wav.scp,speech,sound" \
                 --valid_data_path_and_name_and_type "${datadir}/${valid_set}/text,text,text" \
                 --train_shape_file "${datadir}/${train_set}/speech_shape" \
-                --valid_shape_file "${datadir}/${valid_set}/speech_shape" ${train_args}
+                --valid_shape_file "${datadir}/${valid_set}/speech_shape" "${train_args_words[@]}"
+        finish_training "${outdir}"
     fi
 fi
 
 # decode_dir PHASE TASK HISTORY TEST: where one decoding run writes.
 decode_dir() { echo "${sysdir}/decode_$1_$2_his$3/$4"; }
 
-if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
-    specs=${decode_specs}; [ "${system}" = conformer ] && specs="phase1:ner:0"
+if in_range 8; then
+    specs=("${decode_spec_list[@]}"); [ "${system}" = conformer ] && specs=(phase1:ner:0)
     _cmd=${decode_cmd}; _gpu=0
     [ "${gpu_inference}" = true ] && { _cmd=${cuda_cmd}; _gpu=1; }
-    for spec in ${specs}; do
+    for spec in "${specs[@]}"; do
         IFS=: read -r phase task his <<< "${spec}"
-        for x in ${test_sets}; do
+        model=${sysdir}/${phase}/${inference_model}
+        for x in "${test_set_list[@]}"; do
             out=$(decode_dir "${phase}" "${task}" "${his}" "${x}")
-            stage_done "${out}" && { log "Stage 8: ${out} already decoded, skipping"; continue; }
-            log "Stage 8: decoding ${x} with ${sysdir}/${phase} (task=${task}, history=${his}) -> ${out}"
+            # The model file's identity: a retrained model is decoded again.
+            items=("stat:${model}" "file:${sysdir}/${phase}/config.yaml" "opt:inference_args=${inference_args}"
+                   "file:${datadir}/${x}/utt2spk")
+            if [ "${system}" = llm ]; then
+                items+=("stat:${llm}" "stat:${dumpdir}/${feats_name}/${x}" "file:${datadir}/${x}/history")
+                [ "${feats_name}" = mel ] && items+=("stat:${whisper}")
+            else
+                items+=("file:${asr_inference_config}" "scp:${datadir}/${x}/wav.scp")
+            fi
+            if up_to_date "${out}/.done" "${items[@]}"; then log "Stage 8: ${out} is up to date, skipping"; continue; fi
+            [ -e "${model}" ] || die "${model} not found: train ${sysdir}/${phase} first"
+            log "Stage 8: decoding ${x} with ${sysdir}/${phase} (task=${task}, history=${his}) -> ${out} (${stale})"
+            clean_dir "${out}"
             # Long-form decoding follows each speaker's utterances in order, so jobs are split by speaker.
             _nj=$(min "${inference_nj}" "$(wc -l < "${datadir}/${x}/spk2utt")")
             mkdir -p "${out}/split${_nj}" "${out}/log"
@@ -272,7 +435,6 @@ if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
             if [ "${system}" = llm ]; then
                 # The trained config knows its encoder: cached outputs need no Whisper path, log-mel input does.
                 enc_opts=(); [ "${feats_name}" = mel ] && enc_opts=(--encoder_conf "path=${whisper}")
-                # shellcheck disable=SC2086
                 ${_cmd} --gpu "${_gpu}" JOB=1:"${_nj}" "${out}/log/decode.JOB.log" \
                     python -m espnet2_ext.bin.speechllm_inference \
                         --model_dir "${sysdir}/${phase}" --model_file "${inference_model}" \
@@ -280,50 +442,61 @@ if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
                         --data_path_and_name_and_type "${dumpdir}/${feats_name}/${x}/feats.scp,speech,kaldi_ark" \
                         --history_file "${datadir}/${x}/history" \
                         --key_file "${out}/split${_nj}/keys.JOB" --task "${task}" --history "${his}" \
-                        --batch_size "${inference_batch_size}" --ngpu "${_gpu}" --output_dir "${out}/output.JOB" ${inference_args}
+                        --batch_size "${inference_batch_size}" --ngpu "${_gpu}" --output_dir "${out}/output.JOB" \
+                        "${inference_args_words[@]}"
             else
-                # shellcheck disable=SC2086
                 ${_cmd} --gpu "${_gpu}" JOB=1:"${_nj}" "${out}/log/decode.JOB.log" \
-                    python -m espnet2.bin.asr_inference --ngpu "${_gpu}" --config "${asr_inference_config}" \
+                    python -m espnet2_ext.bin.asr_inference --ngpu "${_gpu}" --config "${asr_inference_config}" \
                         --asr_train_config "${sysdir}/${phase}/config.yaml" \
-                        --asr_model_file "${sysdir}/${phase}/${inference_model}" \
+                        --asr_model_file "${model}" \
                         --data_path_and_name_and_type "${datadir}/${x}/wav.scp,speech,sound" \
-                        --key_file "${out}/split${_nj}/keys.JOB" --output_dir "${out}/output.JOB" ${inference_args}
+                        --key_file "${out}/split${_nj}/keys.JOB" --output_dir "${out}/output.JOB" "${inference_args_words[@]}"
                 for i in $(seq 1 "${_nj}"); do mv "${out}/output.${i}/1best_recog/text" "${out}/output.${i}/text"; done
             fi
             for i in $(seq 1 "${_nj}"); do cat "${out}/output.${i}/text"; done | sort > "${out}/text"
-            touch "${out}/.done"
+            mark_done "${out}/.done"
         done
     done
 fi
 
-if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
+if in_range 9; then
     log "Stage 9: scoring into ${results}"
+    # Every system's decodings; a decoding is rescored when its hypotheses or its reference changed.
     for d in "${expdir}"/*/decode_*/*/; do
         d=${d%/}; x=${d##*/}
         [ -f "${d}/text" ] || continue
-        [ -f "${d}/score/result.json" ] && [ "${force}" = false ] && [ "${d}/score/result.json" -nt "${d}/text" ] && continue
-        python -m espnet2_ext.bin.score_ner --ref "${datadir}/${x}/text" --hyp "${d}/text" --out "${d}/score" --name "${d#${expdir}/}"
+        up_to_date "${d}/score/.done" "file:${datadir}/${x}/text" "file:${d}/text" && continue
+        python -m espnet2_ext.bin.score_ner --ref "${datadir}/${x}/text" --hyp "${d}/text" --out "${d}/score" \
+            --name "${d#"${expdir}"/}"
+        mark_done "${d}/score/.done"
     done
-    # Fig. 2 data: gates of every encoder-decoder phase, speech attention of the decoder-only phase 3 (cheap, idempotent).
+    # Fig. 2 data: gates of every encoder-decoder phase, speech attention of the decoder-only phase 3.
+    x=${test_set_list[0]}
     for sys_dir in "${expdir}"/*/; do
         sys_dir=${sys_dir%/}; ana=${sys_dir}/analysis
         [ -f "${sys_dir}/phase3/config.yaml" ] && [ -e "${sys_dir}/phase3/${inference_model}" ] || continue
-        [ -f "${ana}/.done" ] && [ "${force}" = false ] && [ "${ana}/.done" -nt "${sys_dir}/phase3/${inference_model}" ] && continue
-        x=${test_sets%% *}
+        items=("stat:${dumpdir}/${feats_name}/${x}" "file:${datadir}/${x}/history")
+        for p in 1 2 3; do items+=("stat:${sys_dir}/phase${p}/${inference_model}" "file:${sys_dir}/phase${p}/config.yaml"); done
+        up_to_date "${ana}/.done" "${items[@]}" && continue
+        mkdir -p "${ana}"
         python -m espnet2_ext.bin.analyze_speechllm --model_dir "${sys_dir}"/phase{1,2,3} --model_file "${inference_model}" \
             --out "${ana}" --data "${dumpdir}/${feats_name}/${x}/feats.scp" --history_file "${datadir}/${x}/history" \
             --num_utts 24 > "${ana}.log" 2>&1 || { log "Error: analysis of ${sys_dir} failed, see ${ana}.log"; exit 1; }
-        touch "${ana}/.done"
+        mark_done "${ana}/.done"
     done
-    python -m espnet2_ext.bin.make_results --expdir "${expdir}" --test_sets "${test_sets}" --command "${run_args}" --out "${results}"
+    python -m espnet2_ext.bin.make_results --expdir "${expdir}" --test_sets "${test_set_list[*]}" --command "${run_args}" --out "${results}"
     cat "${results}"
 fi
 
-if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ] && [ "${system}" = llm ]; then
+if in_range 10 && [ "${system}" = llm ]; then
     outdir=${packdir:-${sysdir}/packed}
-    log "Stage 10: packing the trained parts of ${sysdir}/phase3 into ${outdir}"
-    python -m espnet2_ext.bin.pack_model --model_dir "${sysdir}/phase3" --model_file "${inference_model}" --out "${outdir}"
+    if up_to_date "${outdir}/.done" "stat:${sysdir}/phase3/${inference_model}" "file:${sysdir}/phase3/config.yaml"; then
+        log "Stage 10: ${outdir} is up to date, skipping"
+    else
+        log "Stage 10: packing the trained parts of ${sysdir}/phase3 into ${outdir} (${stale})"
+        python -m espnet2_ext.bin.pack_model --model_dir "${sysdir}/phase3" --model_file "${inference_model}" --out "${outdir}"
+        mark_done "${outdir}/.done"
+    fi
 fi
 
 log "Successfully finished. [elapsed=${SECONDS}s]"

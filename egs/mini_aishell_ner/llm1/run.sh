@@ -38,28 +38,24 @@ if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
     local/stand_ins.sh "${corpus}" "${expdir}/stand_ins" "${stand_ins_conf}"
 fi
 
-common=(--aishell_dir "${corpus}/data_aishell" --ner_dir "${corpus}/aishell_ner"
+common=(--local_data_opts "--aishell_dir ${corpus@Q}/data_aishell --ner_dir ${corpus@Q}/aishell_ner"
         --whisper "${expdir}/stand_ins/whisper" --llm "${expdir}/stand_ins/chatglm3"
         --ngpu 0 --train_num_threads 1 --nj "${nj}" --inference_nj 1 --expdir "${expdir}" --pad_to_30s false
         --dumpdir "${expdir}/dump" --datadir "${expdir}/data" --results "${expdir}/RESULTS.md"
         --train_args "${train_args}"
         --decode_specs "phase1:asr:0 phase3:ner:0 phase3:ner:1 phase3:ner:2")
-# system_args SYSTEM: the llm.sh options that select one system and its configs.
+# system_args SYSTEM: the llm.sh options that select one system (llm.sh derives its configs from conf/);
+# the tag is the system's name whatever --fast gives --train_args, so RESULTS.md rows keep their names.
 system_args() {
-    if [ "$1" = conformer ]; then
-        echo --system conformer --asr_config conf/train_conformer.yaml --asr_inference_config conf/decode_conformer.yaml
-    else
-        echo --arch "$1" --phase1_config "conf/train_$1_phase1.yaml" --phase2_config "conf/train_$1_phase2.yaml" \
-            --phase3_config "conf/train_$1_phase3.yaml"
-    fi
+    if [ "$1" = conformer ]; then sys_args=(--system conformer --tag conformer); else sys_args=(--arch "$1" --tag "$1"); fi
 }
 
 # Stages 1-4 (data, dumps, token lists) are shared and cheap: one system after the other.
 first=$(( stage > 1 ? stage : 1 )); last=$(( stop_stage < 4 ? stop_stage : 4 ))
 if [ ${first} -le ${last} ]; then
     for sys in ${systems}; do
-        # shellcheck disable=SC2046
-        ./llm.sh "${common[@]}" $(system_args "${sys}") --stage "${first}" --stop_stage "${last}"
+        system_args "${sys}"
+        ./llm.sh "${common[@]}" "${sys_args[@]}" --stage "${first}" --stop_stage "${last}"
     done
 fi
 # Stages 5-8 (training, decoding): the systems run side by side, one CPU thread each, since
@@ -70,8 +66,8 @@ if [ ${first} -le ${last} ]; then
     pids=()
     for sys in ${systems}; do
         log "Stages ${first}-${last} of ${sys} (log: ${expdir}/log/${sys}.log)"
-        # shellcheck disable=SC2046
-        ./llm.sh "${common[@]}" $(system_args "${sys}") --stage "${first}" --stop_stage "${last}" \
+        system_args "${sys}"
+        ./llm.sh "${common[@]}" "${sys_args[@]}" --stage "${first}" --stop_stage "${last}" \
             > "${expdir}/log/${sys}.log" 2>&1 &
         pids+=($!)
     done
@@ -85,8 +81,9 @@ fi
 # Packing (stage 10) runs before scoring (stage 9) here, so that the run ends by printing RESULTS.md.
 if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
     for sys in ${systems}; do
-        # shellcheck disable=SC2046
-        [ "${sys}" = conformer ] || ./llm.sh "${common[@]}" $(system_args "${sys}") --stage 10 --stop_stage 10
+        [ "${sys}" = conformer ] && continue
+        system_args "${sys}"
+        ./llm.sh "${common[@]}" "${sys_args[@]}" --stage 10 --stop_stage 10
     done
 fi
 if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then

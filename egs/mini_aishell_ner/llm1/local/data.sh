@@ -1,0 +1,1 @@
+../../../aishell_ner/llm1/local/data.sh
