@@ -490,11 +490,11 @@ fi
 
 if in_range 10 && [ "${system}" = llm ]; then
     outdir=${packdir:-${sysdir}/packed}
-    if up_to_date "${outdir}/.done" "stat:${sysdir}/phase3/${inference_model}" "file:${sysdir}/phase3/config.yaml"; then
+    if up_to_date "${outdir}/.done" "stat:${sysdir}/phase3/${inference_model}" "file:${sysdir}/phase3/config.yaml" "opt:pad_to_30s=${pad_to_30s}"; then
         log "Stage 10: ${outdir} is up to date, skipping"
     else
         log "Stage 10: packing the trained parts of ${sysdir}/phase3 into ${outdir} (${stale})"
-        python -m espnet2_ext.bin.pack_model --model_dir "${sysdir}/phase3" --model_file "${inference_model}" --out "${outdir}"
+        python -m espnet2_ext.bin.pack_model --model_dir "${sysdir}/phase3" --model_file "${inference_model}" --out "${outdir}" --pad_to_30s "${pad_to_30s}"
         mark_done "${outdir}/.done"
     fi
 fi
