@@ -24,131 +24,40 @@ a hypothesis that ends is scored ``sum / len ** length_penalty`` (``len`` counti
 plain sum, larger values favour longer outputs) and the item stops once ``beam_size`` have
 ended. With ``beam_size`` 1 this is exactly greedy search. ``use_cache=False`` recomputes the
 whole sequence at each step (a reference for tests and benchmarks).
+
+Greedy search with ``DecodingOptions(cache="static")`` runs
+:mod:`espnet2_ext.speechllm.fast_decoding` (preallocated cache, fixed batch, decode step
+replayable as a CUDA graph): the same token ids, up to the rounding of attention over a longer
+(masked) cache (see there). The options, constraints and ending rules both use live in
+:mod:`espnet2_ext.speechllm.search_rules`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
 
 import torch
 from transformers import DynamicCache
 
 from espnet2_ext.speechllm.espnet_model import LLMInputs, SpeechLLMModel
+from espnet2_ext.speechllm.fast_decoding import static_greedy_search
+from espnet2_ext.speechllm.search_rules import (
+    DecodingOptions,
+    Hypothesis,
+    SearchRules,
+    TextConstraint,
+    repeated_ngram,
+)
 
-# How many trailing tokens are decoded to look for a constraint's marker text.
-_MARKER_WINDOW = 16
-
-
-@dataclass(frozen=True)
-class DecodingOptions:
-    """Search settings (see the module docstring)."""
-
-    beam_size: int = 1
-    length_penalty: float = 0.0
-    maxlenratio: float = 0.5
-    maxlen_const: int = 20
-    maxlen_cap: int = 1000
-    repeat_ngram: int = 8
-    repeat_times: int = 4
-    nbest: int = 1
-    use_cache: bool = True
-
-    def __post_init__(self) -> None:
-        if self.beam_size < 1 or not 1 <= self.nbest <= self.beam_size:
-            raise ValueError(f"need beam_size >= 1 and 1 <= nbest <= beam_size, got {self.beam_size}, {self.nbest}")
-        if self.maxlenratio < 0 or self.maxlen_const < 0 or self.maxlen_cap < 1:
-            raise ValueError("need maxlenratio >= 0, maxlen_const >= 0 and maxlen_cap >= 1")
-        if self.repeat_times < 2 or self.repeat_ngram < 1:
-            raise ValueError("need repeat_times >= 2 and repeat_ngram >= 1")
-
-    def max_new_tokens(self, frames: int) -> int:
-        """Length limit for a current utterance of ``frames`` encoder frames."""
-        return max(1, min(self.maxlen_cap, math.ceil(self.maxlenratio * frames) + self.maxlen_const))
-
-
-@dataclass(frozen=True)
-class TextConstraint:
-    """What the output text of a task must do, checked on the decoded text of the newest tokens.
-
-    ``require``: eos is not allowed before the text contains it (CoT NER must reach ``|ner|``).
-    ``stop``: the hypothesis ends as soon as the text contains it (ASR ends at ``|ner|``).
-    """
-
-    decode: Callable[[Sequence[int]], str]
-    require: str | None = None
-    stop: str | None = None
-
-    def contains(self, ids: Sequence[int], marker: str) -> bool:
-        return marker in self.decode(ids[-_MARKER_WINDOW:])
-
-
-@dataclass
-class Hypothesis:
-    """A generated token sequence (eos excluded) with per-token log-probabilities."""
-
-    ids: list[int]
-    token_logprobs: list[float]
-    score: float = 0.0
-    end: str = ""  # eos | stop | repetition | max_length
-    satisfied: bool = True  # the constraint's ``require`` text has appeared
-    logprob_sum: float = field(default=0.0, repr=False)
-
-
-def repeated_ngram(ids: Sequence[int], max_n: int, times: int) -> int:
-    """The n (≤ ``max_n``) for which ``ids`` ends with one n-gram repeated ``times`` times, else 0."""
-    for n in range(1, max_n + 1):
-        if len(ids) < n * times:
-            break
-        tail = ids[len(ids) - n :]
-        if all(list(ids[len(ids) - k * n : len(ids) - (k - 1) * n]) == list(tail) for k in range(2, times + 1)):
-            return n
-    return 0
-
-
-class _Searcher:
-    """Per-search rules shared by greedy and beam search: extension, ending, eos masking."""
-
-    def __init__(self, eos_id: int, options: DecodingOptions, constraint: TextConstraint | None) -> None:
-        self.eos_id = eos_id
-        self.options = options
-        self.constraint = constraint
-
-    def start(self) -> Hypothesis:
-        return Hypothesis([], [], satisfied=self.constraint is None or self.constraint.require is None)
-
-    def mask(self, logprobs: torch.Tensor, hyps: Sequence[Hypothesis]) -> torch.Tensor:
-        """Forbid eos for rows whose required text has not appeared yet."""
-        blocked = [r for r, h in enumerate(hyps) if not h.satisfied]
-        if blocked:
-            logprobs[blocked, self.eos_id] = float("-inf")
-        return logprobs
-
-    def extend(self, hyp: Hypothesis, token: int, logprob: float, max_len: int) -> Hypothesis:
-        """``hyp`` followed by ``token``; ``end`` set when it ends there."""
-        total = hyp.logprob_sum + logprob
-        if token == self.eos_id:
-            return replace(hyp, logprob_sum=total, end="eos", score=self._final(total, len(hyp.ids) + 1))
-        ids, lps = hyp.ids + [token], hyp.token_logprobs + [logprob]
-        new = replace(hyp, ids=ids, token_logprobs=lps, logprob_sum=total)
-        if self.constraint is not None:
-            if not new.satisfied and self.constraint.contains(ids, self.constraint.require):
-                new.satisfied = True
-            if self.constraint.stop is not None and self.constraint.contains(ids, self.constraint.stop):
-                new.end = "stop"
-        n = repeated_ngram(ids, self.options.repeat_ngram, self.options.repeat_times)
-        if not new.end and n:
-            cut = len(ids) - (self.options.repeat_times - 1) * n
-            new.ids, new.token_logprobs, new.end = ids[:cut], lps[:cut], "repetition"
-        if not new.end and len(ids) >= max_len:
-            new.end = "max_length"
-        if new.end:
-            new.score = self._final(total, len(new.ids))
-        return new
-
-    def _final(self, total: float, length: int) -> float:
-        return total / max(length, 1) ** self.options.length_penalty
+__all__ = [
+    "DecodingOptions",
+    "Hypothesis",
+    "TextConstraint",
+    "beam_search",
+    "decode",
+    "greedy_search",
+    "repeated_ngram",
+]
 
 
 class _LLMState:
@@ -196,8 +105,14 @@ def greedy_search(
     options: DecodingOptions = DecodingOptions(),
     constraint: TextConstraint | None = None,
 ) -> list[Hypothesis]:
-    """The most probable token at every step, per item; finished items leave the batch."""
-    rules = _Searcher(model.eos_id, options, constraint)
+    """The most probable token at every step, per item; finished items leave the batch.
+
+    ``options.cache == "static"`` runs :func:`~espnet2_ext.speechllm.fast_decoding.static_greedy_search`
+    instead (same token ids, built for speed on a GPU).
+    """
+    if options.cache == "static":
+        return static_greedy_search(model, inputs, max_new_tokens, options, constraint)
+    rules = SearchRules(model.eos_id, options, constraint)
     state = _LLMState(model, inputs, options.use_cache)
     hyps = [rules.start() for _ in max_new_tokens]
     rows = list(range(len(hyps)))  # item of each live row
@@ -231,7 +146,7 @@ def beam_search(
 ) -> list[list[Hypothesis]]:
     """The ``options.nbest`` best ended hypotheses per item, best first (batched over items and beams)."""
     beam = options.beam_size
-    rules = _Searcher(model.eos_id, options, constraint)
+    rules = SearchRules(model.eos_id, options, constraint)
     state = _LLMState(model, inputs, options.use_cache)
     ended: list[list[Hypothesis]] = [[] for _ in max_new_tokens]
     live: list[tuple[int, Hypothesis]] = [(item, rules.start()) for item in range(len(max_new_tokens))]
