@@ -6,11 +6,17 @@
         print(result.text, result.entities, result.warnings)
 
 A model is built from ESPnet's training ``config.yaml`` through :class:`SpeechLLMTask` (checkpoint
-paths overridden), then its trainable weights are loaded. ``from_pretrained`` always runs the
-frozen Whisper encoder on Whisper log-mel (``frontend.WhisperLogMel``), also for a model trained
-on cached encoder outputs, whose ``precomputed`` encoder is swapped for ``whisper``; it decodes
-with the input settings the packed model recorded (``pad_to_30s``, n_mels, sample rate). The CLI
-keeps the training config's encoder (cached outputs or log-mel, as dumped by the recipe).
+paths overridden), then its trainable weights are loaded. The frozen Whisper and base LLM weights
+are read straight into the decoding dtype on the decoding device (bfloat16 on a GPU: no float32
+copy of a 6B model on the host), the LoRA weights (held in float32 by the task) are merged into
+the base (:mod:`~espnet2_ext.speechllm.lora_merge`), and the connector is cast; float buffers
+(the LLM's rotary frequencies) stay float32.
+``from_pretrained`` always runs the frozen Whisper encoder on Whisper log-mel
+(``frontend.WhisperLogMel``), also for a model trained on cached encoder outputs, whose
+``precomputed`` encoder is swapped for ``whisper``; it decodes with the input settings the packed
+model recorded (``pad_to_30s``, n_mels, sample rate). The CLI keeps the training config's encoder
+(cached outputs or log-mel, as dumped by the recipe); dumped features may be float16 or float32
+and are converted to the model's dtype when a batch is built.
 
 Audio is checked before anything is decoded, and refused with :class:`BadInputAudio` (a
 ``ValueError`` naming the item) rather than transcribed: float samples must lie in [-1, 1] (int16
@@ -33,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +49,11 @@ import torchaudio
 import yaml
 
 from espnet2_ext.checkpoint_io import DTYPES, load_state_file
+from espnet2_ext.progress import Progress
 from espnet2_ext.speechllm.decoding import DecodingOptions, Hypothesis, TextConstraint, decode
 from espnet2_ext.speechllm.espnet_model import LLMInputs, SpeechInputs, SpeechLLMModel
 from espnet2_ext.speechllm.frontend import HOP_LENGTH, SAMPLE_RATE, WhisperLogMel
+from espnet2_ext.speechllm.lora_merge import merge_lora
 from espnet2_ext.speechllm.preprocessor import fitting_history
 from espnet2_ext.speechllm.prompts import build_target_text, parse_output
 from espnet2_ext.tasks.speechllm import SpeechLLMTask
@@ -127,16 +134,26 @@ def build_model(
     tokenizer_file: str | Path | None = None,
     device: str = "cpu",
     dtype: str = "float32",
+    merge: bool = True,
 ) -> tuple[SpeechLLMModel, argparse.Namespace]:
-    """Build from a training config (with path overrides) and load the trainable weights of ``model_file``."""
+    """Build from a training config (with path overrides) and load the trainable weights of ``model_file``.
+
+    The frozen weights are read in ``dtype`` onto ``device``; LoRA is merged into the LLM unless
+    ``merge`` is false (see the module docstring).
+    """
     args = argparse.Namespace(**config)
     args.encoder_conf = {**(args.encoder_conf or {}), **(encoder_conf or {})}
-    args.llm_conf = {**(args.llm_conf or {}), **(llm_conf or {})}
+    args.llm_conf = {**(args.llm_conf or {}), **(llm_conf or {}), "dtype": dtype}  # also a fully trained LLM
+    args.frozen_dtype = dtype  # the frozen Whisper weights and autocast
+    args.ngpu = int(torch.device(device).type == "cuda")  # where the task reads the frozen weights to
     if tokenizer_file is not None:
         args.tokenizer_file = str(tokenizer_file)
     model = SpeechLLMTask.build_model(args)
     model.load_state_dict(load_state_file(model_file))
-    return model.to(device=device, dtype=DTYPES[dtype]).eval(), args
+    if args.llm_finetune == "lora" and merge:
+        logging.info("LoRA merged into %d layers of the LLM", merge_lora(model.llm))
+    model.connector.to(DTYPES[dtype])
+    return model.to(device).eval(), args
 
 
 def schedule(keys: Sequence[str], history: Mapping[str, list[str]], k: int) -> tuple[list[list[str]], dict[str, list[str]]]:
@@ -205,10 +222,11 @@ class Speech2TextNER:
         dtype: str = "float32",
         options: DecodingOptions = DecodingOptions(),
         batch_size: int = 8,
+        merge: bool = True,
     ) -> "Speech2TextNER":
         """From an experiment directory's ``config.yaml`` and checkpoint (what the CLI decodes with)."""
         config = yaml.safe_load(Path(config_file).read_text(encoding="utf-8"))
-        model, args = build_model(config, model_file, encoder_conf, llm_conf, tokenizer_file, device, dtype)
+        model, args = build_model(config, model_file, encoder_conf, llm_conf, tokenizer_file, device, dtype, merge)
         tokenizer = ChatGLM3Tokenizer(args.tokenizer_file)
         return cls(model, tokenizer, args.preprocessor_conf or {}, options, batch_size=batch_size)
 
@@ -223,12 +241,13 @@ class Speech2TextNER:
         pad_to_30s: bool | None = None,
         options: DecodingOptions = DecodingOptions(),
         batch_size: int = 8,
+        merge: bool = True,
     ) -> "Speech2TextNER":
         """From a ``bin/pack_model.py`` directory plus the frozen base checkpoints; input is audio.
 
         The input is made as the model's training input was (``meta.json``'s ``input``). ``pad_to_30s``
-        None (the default) takes the recorded setting; a value that contradicts it is used with a
-        ``UserWarning`` (accuracy suffers); a model packed without the record needs it stated.
+        None (the default) takes the recorded setting; a value that contradicts it is an error (the
+        model would hear input unlike its training input); a model packed without the record needs it stated.
         """
         packed_dir = Path(packed_dir)
         trained = packed_input_settings(packed_dir)
@@ -244,11 +263,9 @@ class Speech2TextNER:
             if pad_to_30s is None:
                 pad_to_30s = trained["pad_to_30s"]
             elif pad_to_30s != trained["pad_to_30s"]:
-                warnings.warn(
-                    f"decoding with pad_to_30s={pad_to_30s}, but {packed_dir} was trained with "
-                    f"pad_to_30s={trained['pad_to_30s']}: expect lower accuracy",
-                    UserWarning,
-                    stacklevel=2,
+                raise ValueError(
+                    f"pad_to_30s={pad_to_30s}, but {packed_dir} was trained with pad_to_30s={trained['pad_to_30s']} "
+                    f"({packed_dir / 'meta.json'}): leave pad_to_30s unset to decode as trained"
                 )
         config = yaml.safe_load((packed_dir / "config.yaml").read_text(encoding="utf-8"))
         precomputed_size = config["encoder_conf"].get("output_size") if config["encoder"] == "precomputed" else None
@@ -256,7 +273,7 @@ class Speech2TextNER:
         config["encoder_conf"] = {}
         model, args = build_model(
             config, packed_dir / "model.pth", {"path": str(whisper), "pad_to_30s": pad_to_30s}, {"path": str(llm)},
-            packed_dir / "tokenizer.model", device, dtype,
+            packed_dir / "tokenizer.model", device, dtype, merge,
         )
         whisper_width = model.encoder.output_size()
         if precomputed_size not in (None, whisper_width):
@@ -284,9 +301,9 @@ class Speech2TextNER:
     def llm_inputs(self, requests: Sequence[Request], fmt: str) -> tuple[LLMInputs, SpeechInputs, list[str], list[int]]:
         """Batch ``requests``: LLM inputs, speech inputs, forced texts and length limits."""
         segments = [[*r.history, r.current] for r in requests]
-        speech = torch.nn.utils.rnn.pad_sequence(
-            [torch.from_numpy(np.concatenate(s)) for s in segments], batch_first=True
-        ).to(self.device, self.dtype)
+        speech = torch.nn.utils.rnn.pad_sequence(  # float16 or float32 as stored -> the model's dtype
+            [torch.from_numpy(np.concatenate(s)).to(self.device, self.dtype) for s in segments], batch_first=True
+        )
         seg_lengths = torch.nn.utils.rnn.pad_sequence(
             [torch.tensor([x.shape[0] for x in s]) for s in segments], batch_first=True
         ).to(self.device)
@@ -304,27 +321,39 @@ class Speech2TextNER:
     def history_request(
         self, uid: str, feats: Mapping[str, np.ndarray], previous: Sequence[str], hypotheses: Mapping[str, Decoded]
     ) -> Request:
-        """Utterance ``uid`` with the previous utterances that fit ``max_input_frames`` and their hypotheses."""
-        current = np.asarray(feats[uid], dtype=np.float32)
-        audio = [np.asarray(feats[p], dtype=np.float32) for p in previous]
+        """Utterance ``uid`` with the previous utterances that fit ``max_input_frames`` and their hypotheses
+        (features as stored: float16 or float32)."""
+        current = np.asarray(feats[uid])
+        audio = [np.asarray(feats[p]) for p in previous]
         kept = fitting_history([x.shape[0] for x in audio], self.max_input_frames - current.shape[0])
         kept_ids = previous[len(previous) - kept :]
         return Request(uid, current, audio[len(audio) - kept :], [hypotheses[p].plain for p in kept_ids])
 
     def decode_long_form(
-        self, feats: Mapping[str, np.ndarray], keys: Sequence[str], history: Mapping[str, list[str]], k: int, task: str
+        self,
+        feats: Mapping[str, np.ndarray],
+        keys: Sequence[str],
+        history: Mapping[str, list[str]],
+        k: int,
+        task: str,
+        log_every: int = 100,
     ) -> dict[str, Decoded]:
         """Decode ``keys`` wave by wave (see :func:`schedule`), each on its K previous utterances and
-        the hypotheses already made for them; a wave in batches of similar length."""
+        the hypotheses already made for them; a wave sorted by input length (longest first) into
+        batches of ``batch_size``. Short-form (K = 0) is one wave: the whole job sorted by length.
+        The results are keyed by utterance (callers write them in their own order); a progress line
+        every ``log_every`` utterances."""
         waves, needs = schedule(keys, history, k)
         results: dict[str, Decoded] = {}
+        progress = Progress(f"decoding ({task}, history {k})", len(keys), log_every)
         for number, members in enumerate(waves):
             requests = [self.history_request(uid, feats, needs[uid], results) for uid in members]
             requests.sort(key=lambda r: -(r.current.shape[0] + sum(x.shape[0] for x in r.history)))
             for start in range(0, len(requests), self.batch_size):
                 for decoded in self.decode_requests(requests[start : start + self.batch_size], task):
                     results[decoded.uid] = decoded
-            logging.info("wave %d/%d: %d utterances decoded", number + 1, len(waves), len(members))
+                progress.update(len(results))
+            logging.debug("wave %d/%d: %d utterances decoded", number + 1, len(waves), len(members))
         return results
 
     @torch.no_grad()

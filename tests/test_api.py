@@ -120,11 +120,12 @@ def test_audio_api_decodes_as_trained_and_matches_dumped_encoder_outputs(trained
     assert api(waves[0], sample_rate=16000)[0].entities == parse_markup(expected[0].text).entities
 
 
-def test_from_pretrained_warns_on_an_explicit_mismatch_and_needs_old_packs_told(packed, tmp_path):
+def test_from_pretrained_refuses_an_explicit_mismatch_and_needs_old_packs_told(packed, tmp_path):
     out, experiment, whisper = packed
-    with pytest.warns(UserWarning, match="pad_to_30s=True, but .* trained with pad_to_30s=False"):
-        api = Speech2TextNER.from_pretrained(out, whisper=whisper, llm=experiment["llm"], pad_to_30s=True)
-    assert api.frontend.pad_to_30s is True
+    with pytest.raises(ValueError, match=r"pad_to_30s=True, but .* trained with pad_to_30s=False .*leave pad_to_30s unset"):
+        Speech2TextNER.from_pretrained(out, whisper=whisper, llm=experiment["llm"], pad_to_30s=True)
+    as_trained = Speech2TextNER.from_pretrained(out, whisper=whisper, llm=experiment["llm"], pad_to_30s=False)
+    assert as_trained.frontend.pad_to_30s is False
     old = tmp_path / "old"
     old.mkdir()
     for f in out.iterdir():

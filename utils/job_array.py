@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Options every backend accepts; a backend may accept more (Slurm: whatever its config maps).
-COMMON_OPTIONS = ("gpu", "mem", "num_threads", "time", "max_jobs_run")
-_COUNT_OPTIONS = {"gpu": 0, "num_threads": 1, "max_jobs_run": 1}  # option -> smallest value
+COMMON_OPTIONS = ("gpu", "mem", "num_threads", "time", "max_jobs_run", "num_nodes")
+_COUNT_OPTIONS = {"gpu": 0, "num_threads": 1, "max_jobs_run": 1, "num_nodes": 1}  # option -> smallest value
 _RANGE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(\d+)(?::(\d+))?$")
 _FOOTER = re.compile(r"^# Ended \(code (\d+)\) at ")
 # A word that bash would read as a control or redirection operator, were it left unquoted.
@@ -35,7 +35,8 @@ usage: {prog} [options] [JOB=1:N] LOG COMMAND [ARGS...]
   line (pipes and redirections work); several arguments are each passed unchanged, except
   operators standing alone as words (| || && ; & > >> < 2> 2>&1 &> |& ...).
 options (as --name value, --name=value, '-' or '_' alike):
-  --gpu N  --mem 16G  --num_threads N  --time 4:00:00  --max_jobs_run N{extra}"""
+  --gpu N  --mem 16G  --num_threads N  --time 4:00:00  --max_jobs_run N
+  --num_nodes M (Slurm only: each job runs COMMAND once on each of M nodes, --gpu N GPUs each){extra}"""
 
 # Runs one task: bash TASK_WRAPPER LOG COMMAND THREADS.  Exits with the command's status.
 # The header records the GPUs the task may see (CUDA_VISIBLE_DEVICES) whenever that is set.
@@ -86,6 +87,11 @@ class JobArray:
     def gpu(self) -> int:
         """GPUs each task asks for (--gpu, default 0)."""
         return int(self.options.get("gpu", 0))
+
+    @property
+    def num_nodes(self) -> int:
+        """Nodes each task spans (--num_nodes, default 1): the command runs once on each."""
+        return int(self.options.get("num_nodes", 1))
 
     @property
     def num_threads(self) -> int:

@@ -6,7 +6,7 @@ CPUs), each in its own process group so that SIGINT/SIGTERM can stop everything 
 running.  A task asking `--gpu k` gets k GPUs of its own from the machine's pool (see
 local_gpus.py) through CUDA_VISIBLE_DEVICES and waits while they are all taken; a `--gpu 0`
 task gets CUDA_VISIBLE_DEVICES="" so that it never lands on a GPU by accident.  --mem and
---time are accepted (recipes pass them to any backend) and ignored.
+--time are accepted (recipes pass them to any backend) and ignored; --num_nodes must be 1.
 Exits 0 when every task succeeded, 1 naming every failing log (or when the pool can never
 hold one task's GPUs: then nothing starts), 2 on bad usage.
 """
@@ -84,6 +84,9 @@ def main(argv: list[str]) -> int:
     try:
         job = parse_args(argv)
         job.check_options(set(COMMON_OPTIONS), "the local backend knows " + " ".join(COMMON_OPTIONS))
+        if job.num_nodes > 1:
+            raise UsageError(f"--num_nodes {job.num_nodes}: the local backend runs on this machine only; "
+                             "use cmd_backend=slurm for several nodes, or --num_nodes 1")
     except UsageError as e:
         print(f"{PROG}: {e}\n{USAGE.format(prog=PROG, extra='')}", file=sys.stderr)
         return 2

@@ -7,7 +7,11 @@ Options map to sbatch flags through --config (default: conf/slurm.conf next to u
 Each task writes its own exit status into its log's footer, so failures are read from the
 logs, not from accounting (a cluster need not run slurmdbd).  SIGINT/SIGTERM scancel the array.
 Tasks asking no GPU run with CUDA_VISIBLE_DEVICES="" (as with run_local.py); the others see
-the GPUs Slurm gives them (--gres through the config).
+the GPUs Slurm gives them (--gres through the config). With --num_nodes M (the config maps it,
+e.g. to --nodes=M --ntasks-per-node=1) each task's command runs once per Slurm task of its
+allocation through `srun --kill-on-bad-exit=1`, all writing to the task's one log: the form
+multi-node training takes (utils/ddp_launch.py then starts torchrun on each node); a failing
+node stops the others, and the task fails.
 Exits 0 when every task succeeded, 1 naming every failing log otherwise, 2 on bad usage.
 """
 from __future__ import annotations
@@ -68,12 +72,19 @@ def batch_script(job: JobArray, config: SlurmConfig, script: Path, out_pattern: 
         TASK_WRAPPER.rstrip("\n"),
         "}",
         'case "${SLURM_ARRAY_TASK_ID:?not running as a Slurm array task}" in',
-        *(f"{t.index}) run_task {shlex.quote(t.log)} {shlex.quote(t.command)} {job.num_threads} ;;"
-          for t in job.tasks()),
+        *(f"{t.index}) run_task {shlex.quote(t.log)} {shlex.quote(on_every_node(t.command, job.num_nodes))} "
+          f"{job.num_threads} ;;" for t in job.tasks()),
         f'*) echo "{PROG}: no task $SLURM_ARRAY_TASK_ID in $0" >&2; exit 1 ;;',
         "esac",
     ]
     return "\n".join(lines) + "\n"
+
+
+def on_every_node(command: str, num_nodes: int) -> str:
+    """The command as run by each of the allocation's tasks (one per node) when it spans several nodes."""
+    if num_nodes == 1:
+        return command
+    return f"srun --kill-on-bad-exit=1 --export=ALL bash -c {shlex.quote(command)}"
 
 
 def _job_id(sbatch_stdout: str) -> str | None:

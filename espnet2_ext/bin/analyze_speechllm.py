@@ -10,6 +10,8 @@ average attention mass of the generated tokens on the speech tokens per layer, f
 model learnt it) NER with each of ``--histories`` previous utterances. The same ``--num_utts``
 utterances are analysed for every history: those with enough predecessors, earliest in their
 speaker's order first; their history text is the model's own decoding of the predecessors.
+``--ngpu 1`` runs the model on the job's GPU (in ``--dtype``, ``auto``: bfloat16 there, float32
+on the CPU); the features may be float16 or float32 dumps.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import logging
 import sys
 from pathlib import Path
 
-import kaldiio
 import torch
 import yaml
 from espnet2.utils.nested_dict_action import NestedDictAction
 
 from espnet2_ext.api import Speech2TextNER
 from espnet2_ext.cli import add_verbose_argument, run_cli
+from espnet2_ext.devices import DTYPE_CHOICES, device_for_ngpu, resolve_dtype
+from espnet2_ext.feats_io import open_features
 from espnet2_ext.speechllm.analysis import gate_values, plot_curves, speech_attention
 from espnet2_ext.text.kaldi_text import read_history_file
 
@@ -43,6 +46,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_utts", type=int, default=24)
     parser.add_argument("--histories", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--ngpu", type=int, default=0, help="0: CPU, 1: the job's GPU (an error when there is none)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                        help="model dtype (auto: bfloat16 on a GPU, float32 on the CPU)")
     add_verbose_argument(parser)
     return parser
 
@@ -62,7 +68,7 @@ def analysis_keys(history: dict[str, list[str]], keys: list[str], depth: int, co
 
 
 def attention_curves(engine: Speech2TextNER, args: argparse.Namespace) -> dict[str, list[float]]:
-    feats = kaldiio.load_scp(args.data)
+    feats = open_features(args.data)
     history = read_history_file(args.history_file) if args.history_file else {u: [] for u in feats}
     targets, keys = analysis_keys(history, list(feats), max(args.histories), args.num_utts)
     tasks = ["asr"] + (["ner"] if "cot_ner" in engine.trained_tasks else [])
@@ -86,6 +92,7 @@ def attention_curves(engine: Speech2TextNER, args: argparse.Namespace) -> dict[s
 def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    device = device_for_ngpu(args.ngpu)
     args.out.mkdir(parents=True, exist_ok=True)
     configs = {d: yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) for d in args.model_dir}
     gated = [d for d, c in configs.items() if c["connector"] == "cross_attention"]
@@ -96,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     last = args.model_dir[-1]
     if configs[last]["connector"] == "adapter" and args.data:
         engine = Speech2TextNER.from_config(
-            last / "config.yaml", last / args.model_file, args.encoder_conf, args.llm_conf, batch_size=args.batch_size
+            last / "config.yaml", last / args.model_file, args.encoder_conf, args.llm_conf,
+            device=device, dtype=resolve_dtype(args.dtype, device), batch_size=args.batch_size,
         )
         curves = attention_curves(engine, args)
         result = {"model": str(last / args.model_file), "data": args.data, "num_utts": args.num_utts, "curves": curves}

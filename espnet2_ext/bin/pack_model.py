@@ -12,7 +12,8 @@ checkpoint's keys are checked against the model's trainable parameters (built on
 from the configs, no weights read), and a checkpoint holding frozen weights is refused.
 
 ``input`` holds ``input_type`` (``encoder_output`` or ``mel``), ``pad_to_30s``, ``n_mels``,
-``sample_rate`` and the connector's ``stack``. For log-mel input they come from the training config;
+``sample_rate`` and the connector's ``stack`` (not the dumps' float16/float32 storage, which does
+not change what the model hears). For log-mel input they come from the training config;
 for cached encoder outputs from the ``feats_conf.json`` that ``bin/dump_feats.py`` wrote next to the
 training ``feats.scp``. Features dumped before that record existed need ``--pad_to_30s`` (as they
 were dumped); a value that contradicts the record is refused.
@@ -25,7 +26,6 @@ import hashlib
 import json
 import shutil
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -84,7 +84,7 @@ def training_input(config: dict, model: SpeechLLMModel, pad_to_30s: bool | None)
         recorded = FeatureSettings("encoder_output", pad_to_30s, n_mels=None)
     elif pad_to_30s is not None and pad_to_30s != recorded.pad_to_30s:
         raise ValueError(f"--pad_to_30s {pad_to_30s} contradicts {source} (pad_to_30s {recorded.pad_to_30s})")
-    return {**asdict(recorded), "stack": model.connector.stack}
+    return {**recorded.input_settings(), "stack": model.connector.stack}
 
 
 def pack(model_dir: Path, model_file: str, out: Path, pad_to_30s: bool | None = None) -> Path:

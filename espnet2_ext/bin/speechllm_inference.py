@@ -8,16 +8,26 @@
 
 The model is built from ``model_dir/config.yaml`` (ESPnet's training config; ``--encoder_conf`` and
 ``--llm_conf`` override its checkpoint paths; ``--encoder_conf path=`` only applies to a model on
-log-mel input, ``encoder: whisper``) and loads ``model_dir/model_file``. The features are what the
-model was trained on (cached encoder outputs or log-mel).
+log-mel input, ``encoder: whisper``) and loads ``model_dir/model_file``. ``--ngpu 1`` decodes on the
+job's GPU (an error when the job sees none), with the LLM read straight into ``--dtype`` (``auto``:
+bfloat16 on a GPU, float32 on the CPU) and LoRA merged into it (``--merge_lora``).
 
-Short-form (``--history 0``) decodes the utterances in batches. Long-form (``--history K``) decodes
+The features are what the model was trained on (cached encoder outputs or log-mel), stored as
+float16 or float32 (one dtype per dump; a mix is refused). Their ``feats_conf.json`` (written by
+``bin/dump_feats.py``) is compared with the one next to the model's training features: features
+made otherwise (``pad_to_30s``, input type, mel bins, sample rate) are refused, since the model
+would decode input unlike anything it was trained on.
+
+Short-form (``--history 0``) decodes the utterances sorted by length, longest first, in batches of
+``--batch_size``; the outputs keep the key-file order. Long-form (``--history K``) decodes
 each speaker's utterances in order: utterance i gets the audio of its K previous utterances (whole
 ones that fit ``max_input_frames``, nearest first, as in training) and the model's OWN plain
 hypotheses of them as forced history text. Utterances are decoded in waves, wave i holding the
 i-th utterance of every speaker, so long-form is batched across speakers. The previous utterances
 come from ``--history_file`` (``uttid prev_1 … prev_n``, most recent last) and must be among the
-keys (the recipe splits jobs by speaker).
+keys (the recipe splits jobs by speaker). A wave is sorted by length and batched as above, so
+long-form batches hold at most one utterance per speaker of the job. A progress line (done/total,
+utterances/s, ETA) is logged every ``--log_every`` utterances.
 
 Outputs in ``--output_dir`` (``uttid value`` lines, key-file order): ``text`` (the current
 utterance, with entity markup for ``--task ner``), ``text.plain`` (markup-free), ``token_scores``
@@ -29,20 +39,26 @@ for every repaired or suspicious output; see :mod:`espnet2_ext.api`).
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import kaldiio
+import yaml
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import str2bool, str2triple_str
 
 from espnet2_ext.api import TASKS, Decoded, Speech2TextNER
-from espnet2_ext.checkpoint_io import DTYPES
 from espnet2_ext.cli import add_verbose_argument, run_cli
+from espnet2_ext.devices import DTYPE_CHOICES, device_for_ngpu, resolve_dtype
+from espnet2_ext.errors import UserError
+from espnet2_ext.feats_io import open_features
+from espnet2_ext.speechllm.backbones import WhisperSpeechEncoder
 from espnet2_ext.speechllm.decoding import DecodingOptions
+from espnet2_ext.speechllm.search_rules import CACHES, COMPILE_MODES
+from espnet2_ext.speechllm.input_settings import mismatched_settings, read_feature_settings, settings_file
 from espnet2_ext.text.kaldi_text import read_history_file, read_keys
 
 
@@ -60,8 +76,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", choices=TASKS, required=True)
     parser.add_argument("--history", type=int, default=0, help="previous utterances per input (0: short-form)")
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--ngpu", type=int, default=0, help="0: CPU, 1: CUDA")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--ngpu", type=int, default=0, help="0: CPU, 1: the job's GPU (an error when there is none)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                        help="model dtype (auto: bfloat16 on a GPU, float32 on the CPU)")
+    parser.add_argument("--merge_lora", type=str2bool, default=True, help="merge LoRA into the base LLM (faster)")
+    parser.add_argument("--log_every", type=int, default=100, help="a progress line every N utterances")
     parser.add_argument("--output_dir", type=Path, required=True)
     defaults = DecodingOptions()
     parser.add_argument("--beam_size", type=int, default=defaults.beam_size)
@@ -76,6 +95,15 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat_times", type=int, default=defaults.repeat_times,
                         help="repetition guard: a hypothesis ends when its tail repeats an n-gram this often")
     parser.add_argument("--use_cache", type=str2bool, default=True, help="KV cache (false: recompute; slow)")
+    parser.add_argument("--cache", choices=CACHES, default=defaults.cache,
+                        help="greedy search cache: dynamic (reference) or static (preallocated; same ids, GPU-fast)")
+    parser.add_argument("--compile", choices=COMPILE_MODES, default=defaults.compile,
+                        help="with --cache static on a GPU: replay each decode step as a CUDA graph (cudagraph) "
+                             "or build it with torch.compile first (inductor); eager elsewhere")
+    parser.add_argument("--sync_every", type=int, default=defaults.sync_every,
+                        help="with --cache static: read tokens back to the host every N steps")
+    parser.add_argument("--cache_chunk", type=int, default=defaults.cache_chunk,
+                        help="with --cache static: cache length rounded up to a multiple of this")
     parser.add_argument("--log_level", default="INFO")
     add_verbose_argument(parser)
     return parser
@@ -99,6 +127,39 @@ def write_outputs(output_dir: Path, keys: Sequence[str], results: Mapping[str, D
                         output_dir / "malformed", dict(counts))
 
 
+def check_features(config: Mapping, model_dir: Path, feats_scp: str, encoder_conf: Mapping) -> None:
+    """Refuse features made otherwise than the model's training input (see the module docstring)."""
+    record = settings_file(feats_scp)
+    decoding = read_feature_settings(record)
+    if decoding is None:
+        logging.warning("%s not found: cannot check that %s were made as the training features", record, feats_scp)
+        return
+    if config["encoder"] == "whisper":  # log-mel input; the encoder's own padding comes from the training config
+        if decoding.input_type != "mel":
+            raise UserError(f"{record}: {decoding.input_type} features, but {model_dir} was trained on log-mel input")
+        default = inspect.signature(WhisperSpeechEncoder).parameters["pad_to_30s"].default
+        trained = (config.get("encoder_conf") or {}).get("pad_to_30s", default)
+        if "pad_to_30s" in encoder_conf and str2bool(str(encoder_conf["pad_to_30s"])) != trained:
+            raise UserError(
+                f"--encoder_conf pad_to_30s={encoder_conf['pad_to_30s']}, but {model_dir} was trained with "
+                f"pad_to_30s {trained}: leave it out to decode as trained"
+            )
+        return
+    source = [entry[0] for entry in config.get("train_data_path_and_name_and_type", []) if entry[1] == "speech"]
+    trained_record = settings_file(source[0]) if len(source) == 1 else None
+    trained = read_feature_settings(trained_record) if trained_record else None
+    if trained is None:
+        logging.warning("no record of how %s's training features were made (%s): cannot check %s", model_dir,
+                        trained_record, record)
+        return
+    differences = mismatched_settings(decoding, trained)
+    if differences:
+        raise UserError(
+            f"{record}: these features were made otherwise than {model_dir}'s training features ({trained_record}): "
+            f"{'; '.join(differences)}; dump them again as the training features were (stage 3)"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
@@ -109,19 +170,25 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("need --history >= 0 and --batch_size >= 1")
     if args.history and args.history_file is None:
         raise SystemExit("--history > 0 needs --history_file")
+    if args.log_every < 1:
+        raise SystemExit("need --log_every >= 1")
+    device = device_for_ngpu(args.ngpu)
+    config = yaml.safe_load((args.model_dir / "config.yaml").read_text(encoding="utf-8"))
+    check_features(config, args.model_dir, speech[0][0], args.encoder_conf)
+    feats = open_features(speech[0][0])
     options = DecodingOptions(
         beam_size=args.beam_size, length_penalty=args.length_penalty, maxlenratio=args.maxlenratio,
         maxlen_const=args.maxlen_const, maxlen_cap=args.maxlen_cap, repeat_ngram=args.repeat_ngram,
-        repeat_times=args.repeat_times, use_cache=args.use_cache,
+        repeat_times=args.repeat_times, use_cache=args.use_cache, cache=args.cache, compile=args.compile,
+        sync_every=args.sync_every, cache_chunk=args.cache_chunk,
     )
     engine = Speech2TextNER.from_config(
         args.model_dir / "config.yaml", args.model_dir / args.model_file, args.encoder_conf, args.llm_conf,
-        args.tokenizer_file, "cuda" if args.ngpu > 0 else "cpu", args.dtype, options, args.batch_size,
+        args.tokenizer_file, device, resolve_dtype(args.dtype, device), options, args.batch_size, args.merge_lora,
     )
-    feats = kaldiio.load_scp(speech[0][0])
     keys = read_keys(args.key_file, feats, speech[0][0]) if args.key_file else list(feats)
     history = read_history_file(args.history_file) if args.history_file else {}
-    results = engine.decode_long_form(feats, keys, history, args.history, args.task)
+    results = engine.decode_long_form(feats, keys, history, args.history, args.task, args.log_every)
     write_outputs(args.output_dir, keys, results)
     logging.info("%d utterances decoded into %s", len(keys), args.output_dir)
 

@@ -71,7 +71,7 @@ def speech_attention(engine: Speech2TextNER, requests: Sequence[Request], task: 
         speech_keys = slice(start, start + int(speech.lengths[b]))
         queries = (forced.labels[b] != IGNORE_ID).nonzero().flatten()
         for layer, weights in enumerate(attentions):
-            per_layer[layer] += weights[b][:, queries, speech_keys].float().sum(-1).mean()
+            per_layer[layer] += weights[b][:, queries, speech_keys].float().sum(-1).mean().item()
     return (per_layer / len(requests)).tolist()
 
 

@@ -4,7 +4,9 @@
 takes encoder outputs dumped once by the recipe (the frozen encoder gives the same frames every
 epoch, so running it again is wasted work). Both report how input-frame boundaries map to
 output frames, so the model can find each concatenated utterance in the encoder output.
-``meta=True`` builds on the meta device from the config alone (parameter counting).
+``meta=True`` builds on the meta device from the config alone (parameter counting). Real weights
+are read straight into the dtype and onto the device the task asks for (``frozen_dtype``; the
+training GPU), one memory-mapped shard at a time.
 """
 
 from __future__ import annotations
@@ -50,13 +52,21 @@ class WhisperSpeechEncoder(nn.Module):
     checkpoint's width: the same YAML then serves cached outputs and log-mel input alike.
     """
 
-    def __init__(self, path: str, pad_to_30s: bool = True, output_size: int | None = None, meta: bool = False) -> None:
+    def __init__(
+        self,
+        path: str,
+        pad_to_30s: bool = True,
+        output_size: int | None = None,
+        meta: bool = False,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> None:
         super().__init__()
         if meta:
             with torch.device("meta"):
-                self.whisper = FrozenWhisperEncoder(load_whisper_config(path), pad_to_30s=pad_to_30s)
+                self.whisper = FrozenWhisperEncoder(load_whisper_config(path), pad_to_30s=pad_to_30s).to(dtype)
         else:
-            self.whisper = load_whisper_encoder(path, pad_to_30s=pad_to_30s)
+            self.whisper = load_whisper_encoder(path, pad_to_30s=pad_to_30s, dtype=dtype, device=device)
         if output_size is not None and output_size != self.whisper.config.d_model:
             raise ValueError(
                 f"encoder_conf output_size={output_size} but the Whisper checkpoint {path} has d_model "
@@ -74,11 +84,17 @@ class WhisperSpeechEncoder(nn.Module):
 
 
 class ChatGLM3Source:
-    """Where the base LLM comes from (``--llm chatglm3 --llm_conf path=DIR``); :meth:`load` builds it."""
+    """Where the base LLM comes from (``--llm chatglm3 --llm_conf path=DIR``); :meth:`load` builds it.
 
-    def __init__(self, path: str, dtype: str = "float32") -> None:
+    ``dtype`` (optional) overrides the dtype the task would choose for the LLM (``frozen_dtype``;
+    fp32 when the whole LLM trains), e.g. for decoding in bfloat16 a model trained in fp32.
+    """
+
+    def __init__(self, path: str, dtype: str | None = None) -> None:
         self.path = path
-        self.dtype = getattr(torch, dtype)
+        self.dtype = None if dtype is None else getattr(torch, dtype)
 
-    def load(self, meta: bool = False) -> GlmForCausalLM:
-        return load_chatglm3(self.path, dtype=self.dtype, meta=meta)
+    def load(
+        self, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", meta: bool = False
+    ) -> GlmForCausalLM:
+        return load_chatglm3(self.path, dtype=self.dtype or dtype, device=device, meta=meta)

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from transformers import GlmConfig, GlmForCausalLM
 from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
 
-from espnet2_ext.checkpoint_io import load_checked_state_dict, read_state_dict
+from espnet2_ext.checkpoint_io import assign_checked, checkpoint_names, iter_checkpoint
 
 # ChatGLM3 -> GLM tensor names outside the layers, and inside layer N.
 _TOP_NAMES = {
@@ -105,35 +105,42 @@ def _expected_chatglm3_keys(cfg: Mapping) -> set[str]:
     return set(_TOP_NAMES) | per_layer
 
 
-def convert_chatglm3_state_dict(sd: Mapping[str, torch.Tensor], cfg: Mapping) -> dict[str, torch.Tensor]:
-    """ChatGLM3 tensors -> ``GlmForCausalLM`` tensors (fused qkv split rows ``[heads*hd | kv*hd | kv*hd]``)."""
-    present = set(sd) - _DROPPED
+def check_chatglm3_names(names: Iterable[str], cfg: Mapping) -> None:
+    """Refuse a ChatGLM3 checkpoint whose tensor names are not exactly those ``cfg`` implies."""
+    present = set(names) - _DROPPED
     expected = _expected_chatglm3_keys(cfg)
     missing, unexpected = sorted(expected - present), sorted(present - expected)
     if missing or unexpected:
         raise ValueError(f"ChatGLM3 checkpoint: missing keys {missing[:20]}; unexpected keys {unexpected[:20]}")
+
+
+def convert_chatglm3_tensor(name: str, tensor: torch.Tensor, cfg: Mapping) -> list[tuple[str, torch.Tensor]]:
+    """One ChatGLM3 tensor as ``GlmForCausalLM`` tensors (the fused qkv splits rows ``[heads*hd | kv*hd | kv*hd]``)."""
+    if name in _DROPPED:
+        return []
+    if name in _TOP_NAMES:
+        return [(_TOP_NAMES[name], tensor)]
+    layer, rest = _CHATGLM_LAYER.fullmatch(name).groups()
+    prefix = f"model.layers.{layer}."
+    if not rest.startswith(_QKV):
+        return [(prefix + _LAYER_NAMES[rest], tensor)]
     head_dim = cfg["kv_channels"]
     q_rows, kv_rows = cfg["num_attention_heads"] * head_dim, _kv_heads(cfg) * head_dim
-    out: dict[str, torch.Tensor] = {}
-    for name in sorted(present):
-        tensor = sd[name]
-        if name in _TOP_NAMES:
-            out[_TOP_NAMES[name]] = tensor
-            continue
-        layer, rest = _CHATGLM_LAYER.fullmatch(name).groups()
-        prefix = f"model.layers.{layer}."
-        if rest.startswith(_QKV):
-            kind = rest[len(_QKV) + 1 :]
-            if tensor.shape[0] != q_rows + 2 * kv_rows:
-                raise ValueError(
-                    f"ChatGLM3 checkpoint: {name} has {tensor.shape[0]} rows, expected "
-                    f"{q_rows} + 2 x {kv_rows} (heads x kv_channels + 2 x groups x kv_channels)"
-                )
-            q, k, v = tensor.split([q_rows, kv_rows, kv_rows], dim=0)
-            out.update({f"{prefix}self_attn.{p}_proj.{kind}": t for p, t in zip("qkv", (q, k, v))})
-        else:
-            out[prefix + _LAYER_NAMES[rest]] = tensor
-    return out
+    if tensor.shape[0] != q_rows + 2 * kv_rows:
+        raise ValueError(
+            f"ChatGLM3 checkpoint: {name} has {tensor.shape[0]} rows, expected "
+            f"{q_rows} + 2 x {kv_rows} (heads x kv_channels + 2 x groups x kv_channels)"
+        )
+    kind = rest[len(_QKV) + 1 :]
+    return [
+        (f"{prefix}self_attn.{p}_proj.{kind}", t) for p, t in zip("qkv", tensor.split([q_rows, kv_rows, kv_rows]))
+    ]
+
+
+def convert_chatglm3_state_dict(sd: Mapping[str, torch.Tensor], cfg: Mapping) -> dict[str, torch.Tensor]:
+    """ChatGLM3 tensors -> ``GlmForCausalLM`` tensors (see :func:`convert_chatglm3_tensor`)."""
+    check_chatglm3_names(sd, cfg)
+    return {new: t for name in sorted(sd) for new, t in convert_chatglm3_tensor(name, sd[name], cfg)}
 
 
 def glm_state_dict_to_chatglm3(sd: Mapping[str, torch.Tensor], cfg: Mapping) -> dict[str, torch.Tensor]:
@@ -188,6 +195,9 @@ def load_chatglm3(
 ) -> GlmForCausalLM:
     """``GlmForCausalLM`` from a ChatGLM3 directory (converted on the fly) or a converted one.
 
+    The model is built on the meta device and every tensor goes straight from its memory-mapped
+    shard to ``device`` in ``dtype`` (:func:`~espnet2_ext.checkpoint_io.assign_checked`): loading
+    a bf16 6B model onto a GPU holds one shard in host memory at a time, never an fp32 copy.
     ``meta=True`` builds the model on the meta device without reading weights (parameter counting).
     """
     path = Path(path)
@@ -198,10 +208,12 @@ def load_chatglm3(
     if meta:
         return model.to(dtype)
     cfg = _read_config_json(path)
-    state = read_state_dict(path)
+    tensors = iter_checkpoint(path)
     if cfg["model_type"] == "chatglm":
-        state = convert_chatglm3_state_dict(state, cfg)
-    load_checked_state_dict(model, state, source=str(path), dtype=dtype)
+        check_chatglm3_names(checkpoint_names(path), cfg)
+        tensors = (pair for name, tensor in tensors for pair in convert_chatglm3_tensor(name, tensor, cfg))
+    assign_checked(model, tensors, source=str(path), dtype=dtype, device=device)
     # The rotary inverse frequencies are a non-persistent buffer: compute them for real.
-    model.model.rotary_emb = GlmRotaryEmbedding(config)
-    return model.to(device).eval()
+    with torch.device(device):
+        model.model.rotary_emb = GlmRotaryEmbedding(config)
+    return model.eval()

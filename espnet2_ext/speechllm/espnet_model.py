@@ -13,6 +13,13 @@ Checkpoints hold only the trainable parameters (connector, γ, gates, LoRA; the 
 reloaded from their own checkpoints when the model is built. :meth:`load_state_dict` insists on
 every trainable key with the right shape and tolerates absent frozen ones, so ESPnet's resume,
 ``--init_param`` and model averaging work on these small files.
+
+Precision (:mod:`precision`): frozen weights stay in the dtype they were loaded in, trainable ones
+in fp32 (:meth:`to` casts trainable parameters only), and ``forward``, :meth:`encode_speech` and
+:meth:`decode_step` run under autocast to ``compute_dtype``. ``activation_checkpointing``
+recomputes each LLM layer (self-attention, the cross-attention block inserted after it, FFN) in
+the backward pass instead of keeping its activations (non-reentrant, so LoRA weights and the
+speech keys/values passed as keywords get their gradients).
 """
 
 from __future__ import annotations
@@ -25,11 +32,19 @@ from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
+from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, GlmForCausalLM
 
 from espnet2_ext.speechllm.connectors import CrossAttentionConnector, SpeechConnector, SpeechMemory
+from espnet2_ext.speechllm.precision import autocast_to, to_keeping_frozen_dtype
 
 IGNORE_ID = -100
+LOSS_CHUNK = 1024  # scored positions per lm_head chunk under activation checkpointing
+
+
+def _chunk_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = head(hidden).float()
+    return nn.functional.cross_entropy(logits, targets, reduction="sum"), (logits.argmax(-1) == targets).sum()
 
 
 @dataclass
@@ -62,6 +77,8 @@ class SpeechLLMModel(AbsESPnetModel):
         llm: GlmForCausalLM,
         prefix_ids: Sequence[int],
         eos_id: int,
+        compute_dtype: torch.dtype = torch.float32,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -69,8 +86,18 @@ class SpeechLLMModel(AbsESPnetModel):
         self.llm = llm
         if isinstance(connector, CrossAttentionConnector):
             connector.attach(llm)
+        if activation_checkpointing:
+            llm.activation_checkpointing_enable({"use_reentrant": False})
         self.register_buffer("prefix_ids", torch.tensor(list(prefix_ids), dtype=torch.long), persistent=False)
         self.eos_id = eos_id
+        self.compute_dtype = compute_dtype
+
+    def to(self, *args, **kwargs) -> "SpeechLLMModel":
+        """Move the model; a dtype (ESPnet's ``train_dtype``) applies to the trainable parameters only."""
+        return to_keeping_frozen_dtype(self, *args, **kwargs)
+
+    def _autocast(self, like: torch.Tensor):
+        return autocast_to(self.compute_dtype, like.device.type)
 
     @property
     def uses_cross_attention(self) -> bool:
@@ -86,6 +113,17 @@ class SpeechLLMModel(AbsESPnetModel):
         num_history: torch.Tensor,
     ) -> SpeechInputs:
         """Encoder -> per-segment stacking -> connector (γ before the current segment if history)."""
+        with self._autocast(speech):
+            return self._encode_speech(speech, speech_lengths, speech_segments, speech_segments_lengths, num_history)
+
+    def _encode_speech(
+        self,
+        speech: torch.Tensor,
+        speech_lengths: torch.Tensor,
+        speech_segments: torch.Tensor,
+        speech_segments_lengths: torch.Tensor,
+        num_history: torch.Tensor,
+    ) -> SpeechInputs:
         frames, _ = self.encoder(speech, speech_lengths)
         boundaries = self.encoder.output_lengths(torch.cumsum(speech_segments, dim=1))
         segments = torch.diff(boundaries, dim=1, prepend=torch.zeros_like(boundaries[:, :1]))
@@ -153,23 +191,41 @@ class SpeechLLMModel(AbsESPnetModel):
         **kwargs,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Cross-entropy of the target tokens; stats ``loss`` and ``acc`` (token accuracy)."""
-        speech_in = self.encode_speech(speech, speech_lengths, speech_segments, speech_segments_lengths, num_history)
-        inputs = self.build_inputs(speech_in, prompt, prompt_lengths, text, text_lengths)
-        hidden = self.llm.model(
-            inputs_embeds=inputs.inputs_embeds,
-            attention_mask=inputs.attention_mask,
-            position_ids=inputs.position_ids,
-            use_cache=False,
-            **self._llm_kwargs(inputs.speech_memory),
-        ).last_hidden_state
-        labels = inputs.labels[:, 1:]
-        scored = labels != IGNORE_ID
-        logits = self.llm.lm_head(hidden[:, :-1][scored]).float()
-        targets = labels[scored]
-        loss = nn.functional.cross_entropy(logits, targets)
-        acc = (logits.argmax(-1) == targets).float().mean()
+        with self._autocast(speech):
+            speech_in = self._encode_speech(
+                speech, speech_lengths, speech_segments, speech_segments_lengths, num_history
+            )
+            inputs = self.build_inputs(speech_in, prompt, prompt_lengths, text, text_lengths)
+            hidden = self.llm.model(
+                inputs_embeds=inputs.inputs_embeds,
+                attention_mask=inputs.attention_mask,
+                position_ids=inputs.position_ids,
+                use_cache=False,
+                **self._llm_kwargs(inputs.speech_memory),
+            ).last_hidden_state
+            labels = inputs.labels[:, 1:]
+            scored = labels != IGNORE_ID
+            loss_sum, correct = self._target_loss(hidden[:, :-1][scored], labels[scored])
+        count = scored.sum()
+        loss, acc = loss_sum / count, correct.float() / count
         stats = {"loss": loss.detach(), "acc": acc.detach()}
         return force_gatherable((loss, stats, torch.tensor([speech.size(0)])), loss.device)
+
+    def _target_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed cross-entropy and correct count of the scored positions (N, W) -> lm_head -> (N, vocab).
+
+        Under activation checkpointing the head runs in chunks of ``LOSS_CHUNK`` positions, each
+        recomputed in the backward pass, so the fp32 logits of a large batch (N × 65024 × 4 bytes,
+        plus softmax and gradient) never exist all at once.
+        """
+        checkpointed = self.llm.model.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if not checkpointed:
+            return _chunk_loss(self.llm.lm_head, hidden, targets)
+        parts = [
+            checkpoint(_chunk_loss, self.llm.lm_head, h, t, use_reentrant=False)
+            for h, t in zip(hidden.split(LOSS_CHUNK), targets.split(LOSS_CHUNK))
+        ]
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
     def collect_feats(
         self, speech: torch.Tensor, speech_lengths: torch.Tensor, **kwargs
@@ -181,17 +237,18 @@ class SpeechLLMModel(AbsESPnetModel):
     def decode_step(
         self, inputs: LLMInputs, cache: DynamicCache | None, start: int = 0
     ) -> torch.Tensor:
-        """Last-position logits (B, V) for ``inputs`` from position ``start`` on (the rest is in ``cache``)."""
-        out = self.llm(
-            inputs_embeds=inputs.inputs_embeds[:, start:],
-            attention_mask=inputs.attention_mask,
-            position_ids=inputs.position_ids[:, start:],
-            cache=cache,
-            use_cache=cache is not None,
-            logits_to_keep=1,
-            **self._llm_kwargs(inputs.speech_memory),
-        )
-        return out.logits[:, -1]
+        """Last-position fp32 logits (B, V) for ``inputs`` from position ``start`` on (the rest is in ``cache``)."""
+        with self._autocast(inputs.inputs_embeds):
+            out = self.llm(
+                inputs_embeds=inputs.inputs_embeds[:, start:],
+                attention_mask=inputs.attention_mask,
+                position_ids=inputs.position_ids[:, start:],
+                cache=cache,
+                use_cache=cache is not None,
+                logits_to_keep=1,
+                **self._llm_kwargs(inputs.speech_memory),
+            )
+        return out.logits[:, -1].float()
 
     # ------------------------------------------------------------- checkpoints
     def trainable_parameter_names(self) -> list[str]:

@@ -2,8 +2,9 @@
 
 ESPnet hands the preprocessor one utterance (``speech`` (T, D) float, ``text`` with entity
 markup); the other utterances a format needs (random partners for short-form ASR, history for
-long-form ASR and CoT NER) are read here by utterance id from ``feats_scp`` (kaldiio, lazy)
-and ``text_file``. ``history_file`` lines are ``uttid prev_1 … prev_n``: that utterance's
+long-form ASR and CoT NER) are read here by utterance id from ``feats_scp`` (kaldiio, lazy;
+float16 or float32 dumps, one dtype per dump, checked when the preprocessor is built: see
+:mod:`espnet2_ext.feats_io`) and ``text_file``. ``history_file`` lines are ``uttid prev_1 … prev_n``: that utterance's
 predecessors from the same speaker in chronological order, **most recent last**; k history
 utterances are the last k entries.
 
@@ -29,13 +30,14 @@ from __future__ import annotations
 
 import hashlib
 from collections import ChainMap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import kaldiio
 import numpy as np
 from espnet2.train.preprocessor import AbsPreprocessor
 
+from espnet2_ext.feats_io import open_features
 from espnet2_ext.speechllm.prompts import build_target_text, check_task
 from espnet2_ext.text.chatglm3_tokenizer import ASR_TOKEN, ChatGLM3Tokenizer
 from espnet2_ext.text.kaldi_text import read_history_file, read_kaldi_text_lines
@@ -46,6 +48,16 @@ def _as_list(paths: str | Sequence[str] | None) -> list[str]:
     if paths is None:
         return []
     return [paths] if isinstance(paths, (str, Path)) else list(paths)
+
+
+@dataclass(frozen=True)
+class ExamplePlan:
+    """One example's make-up: task, utterances whose speech is joined (in order), history count, target text."""
+
+    task: str
+    segments: tuple[str, ...]
+    num_history: int
+    target: str
 
 
 def fitting_history(history_frames: Sequence[int], budget: int) -> int:
@@ -95,7 +107,7 @@ class SpeechLLMPreprocessor(AbsPreprocessor):
         self.tokenizer = ChatGLM3Tokenizer(tokenizer_file)
         self.prompt_ids = np.asarray(self.tokenizer.encode(ASR_TOKEN), dtype=np.int64)
         # Lazy random access: a corpus' encoder outputs (~160 GB for AISHELL-1) are never all in memory.
-        self.feats = ChainMap(*(kaldiio.load_scp(str(scp)) for scp in _as_list(feats_scp)))
+        self.feats = ChainMap(*(open_features(scp) for scp in _as_list(feats_scp)))
         self.texts: dict[str, str] = {}
         for path in _as_list(text_file):
             for line in read_kaldi_text_lines(path):
@@ -112,8 +124,8 @@ class SpeechLLMPreprocessor(AbsPreprocessor):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _rng(self, uid: str) -> np.random.Generator:
-        digest = hashlib.sha256(f"{self.seed}/{self.epoch}/{uid}".encode()).digest()
+    def _rng(self, uid: str, epoch: int) -> np.random.Generator:
+        digest = hashlib.sha256(f"{self.seed}/{epoch}/{uid}".encode()).digest()
         return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
     def _speech(self, uid: str, like: np.ndarray, context: str) -> np.ndarray:
@@ -134,6 +146,43 @@ class SpeechLLMPreprocessor(AbsPreprocessor):
             raise KeyError(f"utterance {uid} is not in the history file")
         return self.history[uid][-count:] if count else []
 
+    def plan(
+        self, uid: str, text: str, frames_of: Callable[[str, str], int], epoch: int | None = None
+    ) -> ExamplePlan:
+        """What the example of ``uid`` in ``epoch`` (default: the current one) is made of.
+
+        ``frames_of(other_uid, context)`` gives an utterance's frame count; the batch sampler
+        answers it from the shape file, :meth:`__call__` by loading the features it then uses.
+        """
+        rng = self._rng(uid, self.epoch if epoch is None else epoch)
+        if self.train:
+            names = list(self.tasks)
+            weights = np.asarray([self.tasks[n] for n in names], dtype=np.float64)
+            task = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+        else:
+            task = self.eval_task
+        budget = self.max_input_frames - frames_of(uid, "current")
+        segments, texts = [uid], [text]
+        if task == "short_asr":
+            count = int(rng.integers(1, self.max_concat + 1)) if self.train else 1
+            for partner in (rng.choice(self.utt_ids, size=count - 1) if count > 1 else []):
+                partner, context = str(partner), f"concatenated with {uid}"
+                frames = frames_of(partner, context)
+                if frames <= budget:
+                    budget -= frames
+                    segments.append(partner)
+                    texts.append(self._text(partner, context))
+            num_history = 0
+        else:
+            count = int(rng.integers(0, self.max_history + 1)) if self.train else self.eval_history
+            previous = self._history_ids(uid, count)
+            frames = [frames_of(p, f"history of {uid}") for p in previous]
+            kept = previous[len(previous) - fitting_history(frames, budget) :]
+            segments = kept + segments
+            texts = [self._text(p, f"history of {uid}") for p in kept] + texts
+            num_history = len(kept)
+        return ExamplePlan(task, tuple(segments), num_history, build_target_text(task, texts[:-1], texts[-1]))
+
     def __call__(self, uid: str, data: dict) -> dict[str, np.ndarray]:
         current = np.asarray(data["speech"], dtype=np.float32)
         if current.ndim != 2:
@@ -144,38 +193,20 @@ class SpeechLLMPreprocessor(AbsPreprocessor):
             )
         text = data["text"]
         parse_markup(text, utt_id=uid)
-        rng = self._rng(uid)
-        if self.train:
-            names = list(self.tasks)
-            weights = np.asarray([self.tasks[n] for n in names], dtype=np.float64)
-            task = names[int(rng.choice(len(names), p=weights / weights.sum()))]
-        else:
-            task = self.eval_task
-        budget = self.max_input_frames - current.shape[0]
-        segments, texts = [current], [text]
-        if task == "short_asr":
-            count = int(rng.integers(1, self.max_concat + 1)) if self.train else 1
-            for partner in (rng.choice(self.utt_ids, size=count - 1) if count > 1 else []):
-                feats = self._speech(str(partner), current, f"concatenated with {uid}")
-                if feats.shape[0] <= budget:
-                    budget -= feats.shape[0]
-                    segments.append(feats)
-                    texts.append(self._text(str(partner), f"concatenated with {uid}"))
-            num_history = 0
-        else:
-            count = int(rng.integers(0, self.max_history + 1)) if self.train else self.eval_history
-            previous = self._history_ids(uid, count)
-            feats = [self._speech(p, current, f"history of {uid}") for p in previous]
-            kept = fitting_history([f.shape[0] for f in feats], budget)
-            segments = feats[len(feats) - kept :] + segments
-            texts = [self._text(p, f"history of {uid}") for p in previous[len(previous) - kept :]] + texts
-            num_history = kept
-        target = build_target_text(task, texts[:-1], texts[-1])
-        ids = self.tokenizer.encode(target) + [self.tokenizer.eos_id]
+        loaded = {uid: current}
+
+        def frames_of(other: str, context: str) -> int:
+            if other not in loaded:
+                loaded[other] = self._speech(other, current, context)
+            return loaded[other].shape[0]
+
+        plan = self.plan(uid, text, frames_of)
+        segments = [loaded[s] for s in plan.segments]
+        ids = self.tokenizer.encode(plan.target) + [self.tokenizer.eos_id]
         return {
             "speech": np.concatenate(segments),
             "speech_segments": np.asarray([s.shape[0] for s in segments], dtype=np.int64),
-            "num_history": np.asarray([num_history], dtype=np.int64),
+            "num_history": np.asarray([plan.num_history], dtype=np.int64),
             "prompt": self.prompt_ids.copy(),
             "text": np.asarray(ids, dtype=np.int64),
         }

@@ -27,7 +27,7 @@ import torch
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from espnet2_ext.checkpoint_io import load_checked_state_dict, load_state_file, read_state_dict
+from espnet2_ext.checkpoint_io import assign_checked, checkpoint_names, iter_checkpoint, load_state_file
 from espnet2_ext.speechllm.frontend import CHUNK_FRAMES, SILENCE_BELOW_MAX
 
 # OpenAI Whisper names -> Hugging Face names, one dotted-path segment (or a run
@@ -216,24 +216,29 @@ def load_whisper_config(path: str | Path) -> WhisperConfig:
 
 
 def load_whisper_encoder(
-    path: str | Path, pad_to_30s: bool = False, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    path: str | Path, pad_to_30s: bool = False, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> FrozenWhisperEncoder:
     """Frozen encoder from an HF Whisper directory (``WhisperModel`` or ``...ForConditionalGeneration``)
-    or an OpenAI ``.pt``; ``decoder.*`` weights are ignored, anything else must match exactly."""
+    or an OpenAI ``.pt``; ``decoder.*`` weights are ignored, anything else must match exactly.
+
+    Built on the meta device; each tensor goes from its memory-mapped file to ``device`` in ``dtype``.
+    """
     path = Path(path)
     if _is_openai_checkpoint(path):
         config, openai_state = _read_openai(path)
         prefix = "encoder."
-        state = {openai_whisper_name_to_hf(k): v for k, v in openai_state.items() if k.startswith(prefix)}
+        tensors = ((openai_whisper_name_to_hf(k), v) for k, v in openai_state.items())
+        names = [openai_whisper_name_to_hf(k) for k in openai_state]
     else:
         config = load_whisper_config(path)
-        full_state = read_state_dict(path)
-        prefix = "model.encoder." if any(k.startswith("model.encoder.") for k in full_state) else "encoder."
-        state = {k: v for k, v in full_state.items() if k.startswith(prefix)}
-    if not state:
+        names = checkpoint_names(path)
+        prefix = "model.encoder." if any(k.startswith("model.encoder.") for k in names) else "encoder."
+        tensors = iter_checkpoint(path)
+    if not any(k.startswith(prefix) for k in names):
         raise ValueError(f"{path}: no encoder weights (no key starts with {prefix!r})")
-    state = {k[len(prefix) :]: v for k, v in state.items()}
+    encoder_tensors = ((k[len(prefix) :], v) for k, v in tensors if k.startswith(prefix))
     with torch.device("meta"):
         encoder = FrozenWhisperEncoder(config, pad_to_30s=pad_to_30s)
-    load_checked_state_dict(encoder, state, source=f"{path} (Whisper encoder, prefix {prefix!r})", dtype=dtype)
-    return encoder.to(device).requires_grad_(False).eval()
+    source = f"{path} (Whisper encoder, prefix {prefix!r})"
+    assign_checked(encoder, encoder_tensors, source=source, dtype=dtype, device=device)
+    return encoder.requires_grad_(False).eval()

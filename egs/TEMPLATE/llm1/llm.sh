@@ -25,11 +25,13 @@ stop_stage=10        # Last stage to run.
 force=false          # Redo the stages in range even when up to date (a training phase restarts from scratch, its old outputs removed).
 system=llm           # llm (Whisper + ChatGLM3) or conformer (the ESPnet baseline).
 arch=decoder_only    # decoder_only (connector: adapter) or encoder_decoder (connector: cross_attention).
-ngpu=1               # Number of GPUs for training (0 = CPU).
+ngpu=1               # Number of GPUs for training (0 = CPU); more than 1: DDP, one process per GPU (torchrun).
+num_nodes=1          # Nodes for training (cmd_backend=slurm): one submission, torchrun on each node, --ngpu GPUs each.
+gpu_mem=80           # GiB per GPU: plan_memory checks each GPU training phase against it before it starts (0: no check).
 train_num_threads=1  # CPU threads per training process (OMP_NUM_THREADS; raise for CPU training).
 nj=8                 # Number of parallel jobs for feature dumping.
-inference_nj=8       # Number of parallel jobs for decoding.
-gpu_inference=false  # Decode on GPUs.
+inference_nj=8       # Number of parallel jobs for decoding (with --gpu_inference true: one GPU each; use the number of GPUs).
+gpu_inference=false  # Decode (stage 8) and analyse (stage 9) on GPUs, in bfloat16.
 dumpdir=dump         # Directory for features.
 expdir=exp           # Directory for experiments.
 datadir=data         # Directory for Kaldi data dirs.
@@ -44,6 +46,7 @@ llm=                 # ChatGLM3 checkpoint directory (upstream format or convert
 input_type=encoder_output  # encoder_output (dump the frozen encoder once) or mel (run it every step).
 pad_to_30s=true      # Run Whisper on 30-s padded input as the paper does (false: variable length).
 dump_batch_size=8    # Utterances per encoder forward when dumping encoder outputs.
+dump_dtype=float16   # How stage 3 stores features: float16 (half the disk) or float32.
 # Training (stages 5-7)
 phase1_config=       # YAML for phase 1, short-form ASR (empty: conf/train_<arch>_phase1.yaml).
 phase2_config=       # YAML for phase 2, long-form ASR with history (empty: conf/train_<arch>_phase2.yaml).
@@ -113,6 +116,10 @@ log "${run_args}"
 case "${system}" in llm|conformer) ;; *) die "--system must be llm or conformer, not '${system}'";; esac
 case "${arch}" in decoder_only|encoder_decoder) ;; *) die "--arch must be decoder_only or encoder_decoder, not '${arch}'";; esac
 case "${input_type}" in encoder_output|mel) ;; *) die "--input_type must be encoder_output or mel, not '${input_type}'";; esac
+[[ ${num_nodes} =~ ^[1-9][0-9]*$ ]] || die "--num_nodes must be a positive integer, not '${num_nodes}'"
+[ "${num_nodes}" -eq 1 ] || [ "${cmd_backend:-local}" = slurm ] \
+    || die "--num_nodes ${num_nodes} needs cmd_backend=slurm (the local backend runs on this machine only)"
+case "${dump_dtype}" in float16|float32) ;; *) die "--dump_dtype must be float16 or float32, not '${dump_dtype}'";; esac
 for _name in train_set valid_set test_sets; do
     [[ ${!_name} =~ ^[[:space:]]*[A-Za-z0-9_.-]+([[:space:]]+[A-Za-z0-9_.-]+)*[[:space:]]*$ ]] \
         || die "--${_name} '${!_name}': set names are words of letters, digits, '_', '.' and '-'"
@@ -250,7 +257,7 @@ if in_range 3 && [ "${system}" = llm ]; then
     cur_stage=3; [ "${input_type}" = encoder_output ] && require whisper
     for x in "${all_sets[@]}"; do
         out=${dumpdir}/${feats_name}/${x}
-        items=("scp:${datadir}/${x}/wav.scp" "opt:input_type=${input_type}" "stat:${whisper}")
+        items=("scp:${datadir}/${x}/wav.scp" "opt:input_type=${input_type}" "stat:${whisper}" "opt:dump_dtype=${dump_dtype}")
         [ "${input_type}" = encoder_output ] && items+=("opt:pad_to_30s=${pad_to_30s}")
         if up_to_date "${out}/.done" "${items[@]}"; then log "Stage 3: ${out} is up to date, skipping"; continue; fi
         log "Stage 3: dumping ${feats_name} features of ${x} into ${out} (nj=${nj}; ${stale})"
@@ -262,6 +269,7 @@ if in_range 3 && [ "${system}" = llm ]; then
             "${datadir}/${x}/wav.scp" "${datadir}/${x}/wav.scp"
         dump_opts=(--n_mels 80)
         [ -n "${whisper}" ] && dump_opts=(--whisper "${whisper}")
+        dump_opts+=(--dump_dtype "${dump_dtype}")
         [ "${input_type}" = encoder_output ] && dump_opts+=(--encoder_out --pad_to_30s "${pad_to_30s}" --batch_size "${dump_batch_size}")
         _cmd=${train_cmd}; _gpu=0
         if [ "${input_type}" = encoder_output ] && [ "${ngpu}" -gt 0 ]; then _cmd=${cuda_cmd}; _gpu=1; dump_opts+=(--device cuda); fi
@@ -271,6 +279,7 @@ if in_range 3 && [ "${system}" = llm ]; then
         for i in $(seq 1 "${_nj}"); do cat "${out}/feats.${i}.scp"; done | sort > "${out}/feats.scp"
         for i in $(seq 1 "${_nj}"); do cat "${out}/feats_shape.${i}"; done | sort > "${out}/feats_shape"
         for i in $(seq 1 "${_nj}"); do [ -f "${out}/bad_utts.${i}" ] && cat "${out}/bad_utts.${i}"; done > "${out}/bad_utts" || true
+        python -m espnet2_ext.bin.check_feats "${out}/feats.scp"  # one dtype across the jobs' archives
         log "  ${x}: $(wc -l < "${out}/feats.scp") utterances dumped, $(wc -l < "${out}/bad_utts") rejected (see ${out}/bad_utts)"
         mark_done "${out}/.done"
     done
@@ -360,10 +369,26 @@ train_phase() {
     [ "${input_type}" = mel ] && encoder_opts=(--encoder_conf "path=${whisper}" --encoder_conf "pad_to_30s=${pad_to_30s}")
     local init_opts=()
     [ -n "${init}" ] && init_opts=(--init_param "${init}")
+    if [ "${ngpu}" -gt 0 ] && [ "${gpu_mem}" != 0 ]; then  # stop here, not after loading 12 GB, when it cannot fit
+        local plan_opts=(--config "${config}" --llm_config "${llm}" --gpu_mem "${gpu_mem}" --ngpu "${ngpu}" --num_nodes "${num_nodes}")
+        [ "${input_type}" = mel ] && plan_opts+=(--whisper_config "${whisper}")
+        python -m espnet2_ext.bin.plan_memory "${plan_opts[@]}" --check "${train_args_words[@]}" > "${outdir}/memory_plan.json" \
+            || die "phase ${n}: ${config} does not fit --gpu_mem ${gpu_mem} GiB per GPU (plan_memory's line above names the knobs)"
+        log "Phase ${n}: predicted peak $(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["peak_gib"])' "${outdir}/memory_plan.json") GiB per GPU (${outdir}/memory_plan.json)"
+    fi
+    # Several processes (GPUs, nodes): DDP through torchrun, one process per GPU (never DataParallel);
+    # ESPnet reads RANK/LOCAL_RANK/WORLD_SIZE. The dispatcher runs the command once per node.
+    local launch=(python) dist_opts=(--ngpu "${ngpu}") node_opts=()
+    if [ "${ngpu}" -gt 1 ] || [ "${num_nodes}" -gt 1 ]; then
+        local backend=nccl; [ "${ngpu}" -eq 0 ] && backend=gloo
+        launch=(python utils/ddp_launch.py --nproc_per_node "$((ngpu > 0 ? ngpu : 1))")
+        dist_opts=(--ngpu "$((ngpu > 0 ? 1 : 0))" --multiprocessing_distributed false --dist_backend "${backend}")
+    fi
+    [ "${num_nodes}" -gt 1 ] && node_opts=(--num_nodes "${num_nodes}")
     local _cmd=${cuda_cmd}; [ "${ngpu}" -eq 0 ] && _cmd=${train_cmd}
-    ${_cmd} --gpu "${ngpu}" --num_threads "${train_num_threads}" "${outdir}/train.log" \
-        env OMP_NUM_THREADS="${train_num_threads}" python -m espnet2_ext.bin.speechllm_train \
-            --config "${config}" --ngpu "${ngpu}" --output_dir "${outdir}" --resume true \
+    ${_cmd} --gpu "${ngpu}" "${node_opts[@]}" --num_threads "${train_num_threads}" "${outdir}/train.log" \
+        env OMP_NUM_THREADS="${train_num_threads}" "${launch[@]}" -m espnet2_ext.bin.speechllm_train \
+            --config "${config}" "${dist_opts[@]}" --output_dir "${outdir}" --resume true \
             --llm_conf "path=${llm}" --tokenizer_file "${llm}/tokenizer.model" "${encoder_opts[@]}" \
             --train_data_path_and_name_and_type "${feats}/${train_set}/feats.scp,speech,kaldi_ark" \
             --train_data_path_and_name_and_type "${datadir}/${train_set}/text,text,text" \
@@ -391,6 +416,7 @@ elif in_range 5; then
         _cmd=${cuda_cmd}; [ "${ngpu}" -eq 0 ] && _cmd=${train_cmd}
         ${_cmd} --gpu "${ngpu}" --num_threads "${train_num_threads}" "${outdir}/train.log" \
             env OMP_NUM_THREADS="${train_num_threads}" python -m espnet2_ext.bin.asr_train --config "${asr_config}" --ngpu "${ngpu}" \
+                --multiprocessing_distributed "$([ "${ngpu}" -gt 1 ] && echo true || echo false)" \
                 --output_dir "${outdir}" --resume true --token_type char \
                 --token_list "${datadir}/token_list/char/tokens.txt" \
                 --train_data_path_and_name_and_type "${datadir}/${train_set}/wav.scp,speech,sound" \
@@ -479,9 +505,12 @@ if in_range 9; then
         for p in 1 2 3; do items+=("stat:${sys_dir}/phase${p}/${inference_model}" "file:${sys_dir}/phase${p}/config.yaml"); done
         up_to_date "${ana}/.done" "${items[@]}" && continue
         mkdir -p "${ana}"
-        python -m espnet2_ext.bin.analyze_speechllm --model_dir "${sys_dir}"/phase{1,2,3} --model_file "${inference_model}" \
-            --out "${ana}" --data "${dumpdir}/${feats_name}/${x}/feats.scp" --history_file "${datadir}/${x}/history" \
-            --num_utts 24 > "${ana}.log" 2>&1 || { log "Error: analysis of ${sys_dir} failed, see ${ana}.log"; exit 1; }
+        _cmd=${decode_cmd}; _gpu=0
+        [ "${gpu_inference}" = true ] && { _cmd=${cuda_cmd}; _gpu=1; }
+        ${_cmd} --gpu "${_gpu}" "${ana}.log" \
+            python -m espnet2_ext.bin.analyze_speechllm --model_dir "${sys_dir}"/phase{1,2,3} --model_file "${inference_model}" \
+                --out "${ana}" --data "${dumpdir}/${feats_name}/${x}/feats.scp" --history_file "${datadir}/${x}/history" \
+                --num_utts 24 --ngpu "${_gpu}" || { log "Error: analysis of ${sys_dir} failed, see ${ana}.log"; exit 1; }
         mark_done "${ana}/.done"
     done
     python -m espnet2_ext.bin.make_results --expdir "${expdir}" --test_sets "${test_set_list[*]}" --command "${run_args}" --out "${results}"

@@ -1,0 +1,1 @@
+"""Batch samplers of the speech-LLM task (registered as ESPnet batch types by the task)."""
