@@ -1,7 +1,7 @@
-"""The mini recipe's stand-in checkpoints: CTC-pretrained Whisper encoder and tiny ChatGLM3-format LLM.
+"""The mini recipe's stand-in LLM (a tiny ChatGLM3-format GLM) and its frozen Whisper (the real Whisper-base).
 
-A tiny AISHELL-layout corpus is synthesised with espeak-ng; both makers run on it
-at toy size and their outputs must load through the full recipe's loaders.
+A tiny AISHELL-layout corpus is synthesised with espeak-ng; the LLM maker runs on it
+at toy size and its output must load through the full recipe's loaders.
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ import torch
 import yaml
 
 from espnet2_ext.speechllm.chatglm3 import load_chatglm3
-from espnet2_ext.speechllm.whisper_encoder import load_whisper_encoder
 from espnet2_ext.text.chatglm3_tokenizer import TASK_TOKENS, ChatGLM3Tokenizer
 
-LOCAL = Path(__file__).resolve().parents[1] / "egs" / "mini_aishell_ner" / "llm1" / "local"
+RECIPE = Path(__file__).resolve().parents[1] / "egs" / "mini_aishell_ner" / "llm1"
+LOCAL = RECIPE / "local"
 sys.path.insert(0, str(LOCAL))
 
 import make_tiny_llm  # noqa: E402
-import pretrain_whisper_ctc  # noqa: E402
+
+WHISPER_BASE_WIDTH = 512  # d_model of OpenAI's Whisper base (FACTS.md)
 
 # (split, speaker, utterance id, words, marked-up text)
 SENTENCES = (
@@ -37,10 +38,6 @@ SENTENCES = (
 )
 
 TINY = {
-    "whisper": {
-        "shape": {"d_model": 16, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 32},
-        "ctc": {"max_steps": 6, "batch_frames": 800, "warmup_steps": 2, "log_every": 1},
-    },
     "llm": {
         "tokenizer": {"vocab_size": 60},
         "shape": {"hidden": 16, "layers": 2, "heads": 4, "kv_groups": 2, "ffn": 32, "shard_size_mb": 0.004},
@@ -79,57 +76,48 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_recipe_config_is_complete() -> None:
-    """The recipe's YAML names every field of both makers (no hidden defaults) and nothing else."""
-    conf = LOCAL.parent / "conf" / "stand_ins.yaml"
+    """The recipe's YAML is the LLM's alone, names every field (no hidden defaults) and no time budget."""
+    conf = RECIPE / "conf" / "stand_ins.yaml"
     document = yaml.safe_load(conf.read_text(encoding="utf-8"))
-    whisper = pretrain_whisper_ctc.load_config_section(conf, "whisper", pretrain_whisper_ctc.WhisperStandIn)
-    llm = pretrain_whisper_ctc.load_config_section(conf, "llm", make_tiny_llm.LlmStandIn)
-    assert set(document["whisper"]["shape"]) == set(vars(whisper.shape))
-    assert set(document["whisper"]["ctc"]) == set(vars(whisper.ctc))
+    assert set(document) == {"llm"}
+    llm = make_tiny_llm.load_config_section(conf, "llm", make_tiny_llm.LlmStandIn)
     for part in ("tokenizer", "shape", "lm_pretrain"):
         assert set(document["llm"][part]) == set(vars(getattr(llm, part)))
-    assert (whisper.shape.encoder_layers, whisper.shape.d_model, llm.shape.hidden) == (2, 192, 192)
+    assert not [key for key in vars(llm.lm_pretrain) if "minute" in key or "second" in key]
 
 
 def test_unknown_config_key_is_an_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"whisper": {"ctc": {"learning_rate": 1.0}}}), encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bad.yaml: whisper.ctc: unknown keys \['learning_rate'\]"):
-        pretrain_whisper_ctc.load_config_section(bad, "whisper", pretrain_whisper_ctc.WhisperStandIn)
+    bad.write_text(yaml.safe_dump({"llm": {"lm_pretrain": {"max_minutes": 1.0}}}), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad.yaml: llm.lm_pretrain: unknown keys \['max_minutes'\]"):
+        make_tiny_llm.load_config_section(bad, "llm", make_tiny_llm.LlmStandIn)
 
 
-def test_pretrained_whisper_loads_with_the_recipe_loader(corpus: Path, config: Path, tmp_path: Path) -> None:
-    cfg = pretrain_whisper_ctc.load_config_section(config, "whisper", pretrain_whisper_ctc.WhisperStandIn)
-    out = tmp_path / "whisper"
-    trained, report = pretrain_whisper_ctc.pretrain(corpus, out, cfg)
-    assert report["steps"] > 0 and report["train_utterances"] == 4 and report["dev_utterances"] == 2
-    assert json.loads((out / "ctc_report.json").read_text())["dev_ctc_cer"] == report["dev_ctc_cer"]
-    assert (out / "preprocessor_config.json").is_file()
-
-    loaded = load_whisper_encoder(out)  # refuses missing, unexpected or mis-shaped keys
-    fresh = pretrain_whisper_ctc.CtcEncoder(cfg.shape.whisper_config(), 5).encoder
-    assert not torch.equal(fresh.layers[0].fc1.weight, trained.layers[0].fc1.weight)  # training moved the weights
-    for name, tensor in trained.state_dict().items():
-        assert torch.equal(loaded.state_dict()[name], tensor), name
-    feats = torch.randn(2, 120, 80)
-    lengths = torch.tensor([120, 90])
-    want, want_lengths = trained(feats, lengths)
-    got, got_lengths = loaded(feats, lengths)
-    assert torch.equal(got_lengths, want_lengths)
-    assert torch.equal(got, want)
+def test_step_schedule_counts_steps_and_reshuffles() -> None:
+    """The budget is a number of steps, whatever the machine's speed; each epoch has its own order."""
+    schedule = list(make_tiny_llm.step_schedule(4, 10, torch.Generator().manual_seed(0)))
+    assert len(schedule) == 10 and [epoch for epoch, _ in schedule] == [1] * 4 + [2] * 4 + [3] * 2
+    assert sorted(b for _, b in schedule[:4]) == sorted(b for _, b in schedule[4:8]) == [0, 1, 2, 3]
+    assert schedule == list(make_tiny_llm.step_schedule(4, 10, torch.Generator().manual_seed(0)))
 
 
-def test_untranscribed_wav_is_an_error(corpus: Path, tmp_path: Path) -> None:
-    broken = tmp_path / "corpus"
-    shutil.copytree(corpus, broken)
-    extra = broken / "data_aishell" / "wav" / "train" / "S0002" / "BAC009S0002W0009.wav"
-    shutil.copyfile(broken / "data_aishell" / "wav" / "train" / "S0002" / "BAC009S0002W0001.wav", extra)
-    with pytest.raises(ValueError, match="no transcript for 1 train wavs.*BAC009S0002W0009.wav"):
-        pretrain_whisper_ctc.read_split(broken, "train", 80)
+def test_recipe_hears_through_whisper_base() -> None:
+    """The mini recipe's frozen encoder is the installed Whisper-base, and every LLM config has its width."""
+    run_sh = (RECIPE / "run.sh").read_text(encoding="utf-8")
+    assert "tools/models/whisper-base" in run_sh and "stand_ins/whisper" not in run_sh
+    configs = sorted((RECIPE / "conf").glob("train_*_phase[123].yaml"))
+    assert len(configs) == 6
+    for config in configs:
+        document = yaml.safe_load(config.read_text(encoding="utf-8"))
+        assert document["encoder"] == "precomputed", config
+        assert document["encoder_conf"]["output_size"] == WHISPER_BASE_WIDTH, config
+    installed = RECIPE.parents[2] / "tools" / "models" / "whisper-base" / "config.json"
+    if installed.is_file():
+        assert json.loads(installed.read_text(encoding="utf-8"))["d_model"] == WHISPER_BASE_WIDTH
 
 
 def test_tiny_llm_loads_with_the_recipe_loaders(corpus: Path, config: Path, tmp_path: Path) -> None:
-    cfg = pretrain_whisper_ctc.load_config_section(config, "llm", make_tiny_llm.LlmStandIn)
+    cfg = make_tiny_llm.load_config_section(config, "llm", make_tiny_llm.LlmStandIn)
     out = tmp_path / "chatglm3"
     trained, report = make_tiny_llm.make_tiny_llm(corpus, out, cfg)
     # ChatGLM3's upstream layout: config.json, shards with their index, tokenizer.model.
@@ -153,6 +141,14 @@ def test_tiny_llm_loads_with_the_recipe_loaders(corpus: Path, config: Path, tmp_
     ids = torch.tensor([tokenizer.encode(text, add_prefix=True)])
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, trained(ids).logits, atol=1e-6)
+
+    # Deterministic: a second run writes the same tokenizer and the same weights.
+    again = tmp_path / "again"
+    retrained, _ = make_tiny_llm.make_tiny_llm(corpus, again, cfg)
+    pieces_of = lambda sp: [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.vocab_size())]  # noqa: E731
+    assert pieces_of(ChatGLM3Tokenizer(again / "tokenizer.model").sp) == pieces_of(tokenizer.sp)
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(retrained.state_dict()[name], tensor), name
 
 
 def test_llm_text_must_agree_with_the_transcript(corpus: Path, tmp_path: Path) -> None:

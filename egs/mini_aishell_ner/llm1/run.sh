@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The built-in default: a synthetic Mandarin NER corpus (espeak-ng), stand-in checkpoints in the exact
-# Whisper and ChatGLM3 formats, both speech-LLM architectures through all three phases, and the ESPnet
-# Conformer baseline, on CPU. Runs end to end on 2 cores; ends by printing RESULTS.md.
+# The built-in default: a synthetic Mandarin NER corpus (espeak-ng), the real Whisper-base as the frozen
+# encoder (tools/models/whisper-base, from `make -C tools`), a stand-in LLM in ChatGLM3's format, both
+# speech-LLM architectures through all three phases, and the ESPnet Conformer baseline, on CPU.
+# Runs end to end on 2 cores; ends by printing RESULTS.md.
 #   ./run.sh                            # stages 0-10 for every system
 #   ./run.sh --stage 3 --stop_stage 7   # dumps through phase 3
 #   ./run.sh --fast true                # CI's integration run: a small corpus and few epochs
 set -euo pipefail
 
-stage=0                 # 0: corpus + stand-in checkpoints; 1-10: llm.sh stages.
+stage=0                 # 0: corpus + stand-in LLM; 1-10: llm.sh stages.
 stop_stage=10
 systems="decoder_only encoder_decoder conformer"  # what to train, decode and score.
 fast=false              # true: small corpus and short training (CI); results are not meaningful then.
@@ -23,23 +24,21 @@ SECONDS=0
 
 if [ "${fast}" = true ]; then
     corpus_opts="--num_train 300 --num_dev 30 --num_test 30"
-    stand_ins_conf=conf/stand_ins_fast.yaml
     train_args="--max_epoch 1"
 else
     corpus_opts="--num_train 3000 --num_dev 300 --num_test 300"
-    stand_ins_conf=conf/stand_ins.yaml
     train_args=
 fi
 
 if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
-    log "Stage 0: synthetic corpus (${corpus_opts}) and stand-in checkpoints"
+    log "Stage 0: synthetic corpus (${corpus_opts}) and stand-in LLM"
     # shellcheck disable=SC2086
     python local/make_corpus.py --out "${corpus}" --nj "${nj}" ${corpus_opts}
-    local/stand_ins.sh "${corpus}" "${expdir}/stand_ins" "${stand_ins_conf}"
+    local/stand_ins.sh "${corpus}" "${expdir}/stand_ins" conf/stand_ins.yaml
 fi
 
 common=(--local_data_opts "--aishell_dir ${corpus@Q}/data_aishell --ner_dir ${corpus@Q}/aishell_ner"
-        --whisper "${expdir}/stand_ins/whisper" --llm "${expdir}/stand_ins/chatglm3"
+        --whisper "${MAIN_ROOT}/tools/models/whisper-base" --llm "${expdir}/stand_ins/chatglm3"
         --ngpu 0 --train_num_threads 1 --nj "${nj}" --inference_nj 1 --expdir "${expdir}" --pad_to_30s false
         --dumpdir "${expdir}/dump" --datadir "${expdir}/data" --results "${expdir}/RESULTS.md"
         --train_args "${train_args}"

@@ -3,7 +3,9 @@
 The model hands a connector the encoder output of each batch item as a sequence of segments
 (history utterances, then the current one). Each segment is stacked on its own (its tail
 padded with zeros), so a stacked frame never mixes two utterances and γ sits exactly at the
-boundary before the current segment when there is history.
+boundary before the current segment when there is history. A connector may also hold segment
+embeddings (``segment_embedding``, see :mod:`cross_attention`): learned vectors added to the tokens of
+the current segment, the one before it, and so on.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class SpeechConnector(nn.Module, abc.ABC):
         self.llm_hidden = llm_hidden
         self.stack = stack
         self.gamma = nn.Parameter(torch.randn(llm_hidden) * 0.02)
+        # Row k is added to the tokens of the segment k utterances before the current one (the last row
+        # also to older ones); None: no segment embeddings.
+        self.segment_embedding: nn.Embedding | None = None
 
     @classmethod
     def build(cls, input_size: int, llm_config, **conf) -> "SpeechConnector":
@@ -85,6 +90,9 @@ class SpeechConnector(nn.Module, abc.ABC):
         for b, counts in enumerate(layout):
             segs = list(tokens[: len(counts)])
             tokens = tokens[len(counts) :]
+            if self.segment_embedding is not None:
+                rows = self.segment_embedding.weight
+                segs = [seg + rows[min(len(segs) - 1 - j, rows.size(0) - 1)] for j, seg in enumerate(segs)]
             n_hist = int(num_history[b])
             if n_hist > 0:
                 segs.insert(n_hist, self.gamma.to(segs[0].dtype).unsqueeze(0))

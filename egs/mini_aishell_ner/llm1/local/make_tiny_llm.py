@@ -11,7 +11,8 @@ the stand-in brings the same at toy size, from the corpus' TRAIN split only:
   rotary, SwiGLU, untied output layer) whose vocabulary is the pieces plus
   ChatGLM3's 9 special tokens, padded as ChatGLM3 pads its own;
 - optionally a short causal-LM pretraining on the same text (the role
-  ChatGLM3's pretraining plays: the LLM knows the language before it hears).
+  ChatGLM3's pretraining plays: the LLM knows the language before it hears),
+  budgeted in steps, so the result does not depend on the machine's speed.
 
 It is written as THUDM/chatglm3-6b publishes its checkpoint (``config.json``
 with ChatGLMConfig fields, ``pytorch_model-0000x-of-0000y.bin`` shards with
@@ -29,12 +30,12 @@ import math
 import random
 import sys
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import torch
-from pretrain_whisper_ctc import TRANSCRIPT, budgeted_schedule, load_config_section
+import yaml
 from transformers import GlmForCausalLM
 
 from espnet2_ext.speechllm.chatglm3 import chatglm3_config_to_glm
@@ -43,6 +44,7 @@ from espnet2_ext.text.kaldi_text import read_kaldi_text, read_kaldi_text_lines
 from espnet2_ext.text.ner_markup import BRACKETS, parse_markup
 from espnet2_ext.upstream_formats import save_chatglm3_checkpoint, tiny_chatglm3_config
 
+TRANSCRIPT = Path("data_aishell/transcript/aishell_transcript_v0.8.txt")
 NER_TRANSCRIPT = "aishell_ner/aishell_ner_transcript.{split}.txt"
 # Always single pieces: the task markers and AISHELL-NER's brackets.
 USER_SYMBOLS: tuple[str, ...] = TASK_TOKENS + tuple(c for pair in BRACKETS.values() for c in pair)
@@ -76,8 +78,7 @@ class LmPretraining:
 
     seed: int = 0
     threads: int = 2
-    max_steps: int = 300
-    max_minutes: float = 1.0
+    max_steps: int = 300  # the budget: steps, never minutes
     batch_size: int = 32
     lr: float = 1.0e-3
     warmup_steps: int = 50
@@ -91,6 +92,43 @@ class LlmStandIn:
     tokenizer: TokenizerShape = field(default_factory=TokenizerShape)
     shape: LlmShape = field(default_factory=LlmShape)
     lm_pretrain: LmPretraining = field(default_factory=LmPretraining)
+
+
+def dataclass_from_dict(cls: type, values: dict | None, where: str):
+    """``cls(**values)``, recursing into dataclass-valued fields; unknown keys are an error naming ``where``."""
+    values = values or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {values!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known keys: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        factory = known[name].default_factory
+        nested = factory is not MISSING and is_dataclass(factory)
+        kwargs[name] = dataclass_from_dict(factory, value, f"{where}.{name}") if nested else value
+    return cls(**kwargs)
+
+
+def load_config_section(path: Path, section: str, cls: type):
+    """One top-level section of a YAML file as the dataclass ``cls``."""
+    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if section not in document:
+        raise ValueError(f"{path}: no '{section}' section")
+    return dataclass_from_dict(cls, document[section], f"{path}: {section}")
+
+
+def step_schedule(num_batches: int, max_steps: int, gen: torch.Generator) -> Iterator[tuple[int, int]]:
+    """``(epoch, batch index)`` for ``max_steps`` steps, the batches in a new random order each epoch."""
+    step = epoch = 0
+    while step < max_steps:
+        epoch += 1
+        for b in torch.randperm(num_batches, generator=gen).tolist():
+            if step >= max_steps:
+                return
+            yield epoch, b
+            step += 1
 
 
 def read_split_text(corpus: Path, split: str) -> list[str]:
@@ -149,16 +187,15 @@ def mean_loss(model: GlmForCausalLM, ids: list[list[int]], batch_size: int) -> f
 
 
 def lm_pretrain(model: GlmForCausalLM, train: list[list[int]], dev: list[list[int]], cfg: LmPretraining) -> dict:
-    """Next-token training on ``[gMASK] sop text </s>`` sequences within the time budget; returns the losses."""
+    """``max_steps`` of next-token training on ``[gMASK] sop text </s>`` sequences; returns the losses."""
     report = {"dev_loss_before": round(mean_loss(model, dev, cfg.batch_size), 4)}
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
     gen = torch.Generator().manual_seed(cfg.seed)
     batches = batches_of(train, cfg.batch_size, torch.randperm(len(train), generator=gen).tolist())
-    start = time.monotonic()
     step = epoch = 0
     model.train()
-    for epoch, b in budgeted_schedule(len(batches), cfg.max_steps, cfg.max_minutes, gen):
+    for epoch, b in step_schedule(len(batches), cfg.max_steps, gen):
         input_ids, mask, labels = batches[b]
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad()
@@ -167,14 +204,8 @@ def lm_pretrain(model: GlmForCausalLM, train: list[list[int]], dev: list[list[in
         warmup.step()
         step += 1
         if step % cfg.log_every == 0:
-            minutes = (time.monotonic() - start) / 60
-            log.info("LM epoch %d step %d: loss %.3f, %.2f min", epoch, step, loss.item(), minutes)
-    report.update(
-        steps=step,
-        epochs=epoch,
-        minutes=round((time.monotonic() - start) / 60, 2),
-        dev_loss_after=round(mean_loss(model, dev, cfg.batch_size), 4),
-    )
+            log.info("LM epoch %d step %d: loss %.3f", epoch, step, loss.item())
+    report.update(steps=step, epochs=epoch, dev_loss_after=round(mean_loss(model, dev, cfg.batch_size), 4))
     return report
 
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Makes the mini recipe's stand-ins for its two upstream checkpoints, in their upstream formats:
-#   EXPDIR/whisper   a Whisper-shaped encoder pretrained with CTC (Hugging Face Whisper directory)
+# Makes the mini recipe's stand-in for ChatGLM3-6B, in its upstream format:
 #   EXPDIR/chatglm3  a GLM-shaped LLM with a sentencepiece tokenizer (ChatGLM3's checkpoint layout)
-# Each step is skipped when its marker (EXPDIR/<name>.done, holding the config's checksum and the corpus
-# path) matches; logs go to EXPDIR/log/<name>.log. Sizes and training settings: the config (YAML).
+# (its Whisper is the real Whisper-base of tools/models/whisper-base, from `make -C tools`).
+# Skipped when its marker (EXPDIR/chatglm3.done: a checksum of what it depends on, and the corpus path)
+# matches; the log goes to EXPDIR/log/chatglm3.log. Sizes and training settings: the config (YAML).
 #
 # Usage: local/stand_ins.sh CORPUS EXPDIR [CONFIG]     (run from egs/mini_aishell_ner/llm1)
 set -euo pipefail
@@ -29,29 +29,25 @@ for f in "${config}" "${corpus}/data_aishell/transcript/aishell_transcript_v0.8.
     [ -f "${f}" ] || { log "Error: ${f} not found"; exit 1; }
 done
 mkdir -p "${expdir}/log"
-stamp="$(md5sum < "${config}" | cut -d' ' -f1) $(cd "${corpus}" && pwd)"
+# What the LLM depends on: the config, the maker's code, the corpus (its path and, when make_corpus.py
+# made it, the settings in its .done marker).
+stamp="$({ cat "${config}" "${local_dir}/make_tiny_llm.py"; cat "${corpus}/.done" 2> /dev/null || true; } | md5sum | cut -d' ' -f1) $(cd "${corpus}" && pwd)"
 
-# build NAME SCRIPT REPORT KEYS...: run local/SCRIPT into EXPDIR/NAME unless done, then print the report's KEYS.
-build() {
-    local name=$1 script=$2 report=$3
-    shift 3
-    local out=${expdir}/${name} marker=${expdir}/${name}.done
-    if [ -f "${marker}" ] && [ "$(cat "${marker}")" = "${stamp}" ]; then
-        log "${out} is up to date (${marker}); skipped"
-    else
-        rm -rf "${out}" "${marker}"
-        log "making ${out} (log: ${expdir}/log/${name}.log)"
-        python "${local_dir}/${script}" --corpus "${corpus}" --out "${out}" --config "${config}" \
-            > "${expdir}/log/${name}.log" 2>&1 || { log "Error: ${script} failed; see ${expdir}/log/${name}.log"; exit 1; }
-        echo "${stamp}" > "${marker}"
-    fi
-    python - "${out}/${report}" "$@" << 'EOF'
+out=${expdir}/chatglm3
+marker=${expdir}/chatglm3.done
+if [ -f "${marker}" ] && [ "$(cat "${marker}")" = "${stamp}" ]; then
+    log "${out} is up to date (${marker}); skipped"
+else
+    rm -rf "${out}" "${marker}"
+    log "making ${out} (log: ${expdir}/log/chatglm3.log)"
+    python "${local_dir}/make_tiny_llm.py" --corpus "${corpus}" --out "${out}" --config "${config}" \
+        > "${expdir}/log/chatglm3.log" 2>&1 || { log "Error: make_tiny_llm.py failed; see ${expdir}/log/chatglm3.log"; exit 1; }
+    echo "${stamp}" > "${marker}"
+fi
+python - "${out}/llm_report.json" << 'EOF'
 import json, sys
 report = json.load(open(sys.argv[1]))
-print("  " + ", ".join(f"{key}: {report[key]}" for key in sys.argv[2:]))
+keys = ("parameters", "sentencepiece_pieces", "padded_vocab_size", "lm_pretrain")
+print("  " + ", ".join(f"{key}: {report[key]}" for key in keys))
 EOF
-}
-
-build whisper pretrain_whisper_ctc.py ctc_report.json dev_ctc_cer steps train_minutes train_utterances characters
-build chatglm3 make_tiny_llm.py llm_report.json parameters sentencepiece_pieces padded_vocab_size lm_pretrain
-log "stand-ins ready: --whisper ${expdir}/whisper --llm ${expdir}/chatglm3"
+log "stand-in ready: --llm ${out}"
