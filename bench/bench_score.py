@@ -53,11 +53,9 @@ def cpu_model() -> str:
 
 
 def main() -> None:
-    default_shared = os.environ.get(
-        "AISHELL_NER_SHARED", REPO.parent / "shared" / "data" / "aishell_ner"
-    )
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=Path(default_shared))
+    parser.add_argument("--shared", type=Path, default=REPO / "tests" / "data" / "aishell_ner",
+                        help="directory with the AISHELL-NER dev annotations (the copy the tests use)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "score_ner.json")
     args = parser.parse_args()
 
