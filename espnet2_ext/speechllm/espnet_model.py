@@ -208,7 +208,8 @@ class SpeechLLMModel(AbsESPnetModel):
             loss_sum, correct = self._target_loss(hidden[:, :-1][scored], labels[scored])
         count = scored.sum()
         loss, acc = loss_sum / count, correct.float() / count
-        stats = {"loss": loss.detach(), "acc": acc.detach()}
+        # a copy: ESPnet's Trainer divides `loss` by accum_grad in place, which would scale the logged value
+        stats = {"loss": loss.detach().clone(), "acc": acc.detach()}
         return force_gatherable((loss, stats, torch.tensor([speech.size(0)])), loss.device)
 
     def _target_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
