@@ -26,3 +26,5 @@ export MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
+# espnet2 imports g2p_en, which downloads NLTK data on import when missing: empty stand-ins stop it (tools/nltk_stub).
+export NLTK_DATA=${MAIN_ROOT}/tools/nltk_stub

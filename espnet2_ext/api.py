@@ -90,7 +90,8 @@ class Request:
 
 @dataclass
 class Decoded:
-    """The decoded current utterance: ``text`` (markup for ner), ``plain``, the full ``raw`` output."""
+    """The decoded current utterance: ``text`` (markup for ner), ``plain``, the full ``raw`` output;
+    ``history_used``: how many previous utterances it was decoded with (fewer than asked when they did not fit)."""
 
     uid: str
     text: str
@@ -99,6 +100,7 @@ class Decoded:
     token_logprobs: list[float]
     score: float
     problems: list[str]
+    history_used: int = 0
 
 
 @dataclass
@@ -168,18 +170,20 @@ def schedule(keys: Sequence[str], history: Mapping[str, list[str]], k: int) -> t
         if missing:
             raise ValueError(f"history {missing} of utterance {uid} is not among the keys; split jobs by speaker")
     wave: dict[str, int] = {}
-    for uid in keys:
-        stack = [uid]
-        while stack:
-            top = stack[-1]
-            pending = [p for p in needs[top] if p not in wave]
-            if pending:
-                if any(p in stack for p in pending):
-                    raise ValueError(f"history of utterance {top} is circular")
-                stack.extend(pending)
-                continue
-            wave[top] = 1 + max((wave[p] for p in needs[top]), default=-1)
-            stack.pop()
+    for uid in keys:  # depth-first over predecessors; keys may come in any order
+        path, on_path = [(uid, iter(needs[uid]))], {uid}
+        while path:
+            node, predecessors = path[-1]
+            pending = next((p for p in predecessors if p not in wave), None)
+            if pending is None:
+                wave[node] = 1 + max((wave[p] for p in needs[node]), default=-1)
+                on_path.discard(node)
+                path.pop()
+            elif pending in on_path:
+                raise ValueError(f"history of utterance {node} is circular")
+            else:
+                on_path.add(pending)
+                path.append((pending, iter(needs[pending])))
     waves: list[list[str]] = [[] for _ in range(max(wave.values(), default=-1) + 1)]
     for uid in keys:
         waves[wave[uid]].append(uid)
@@ -202,7 +206,8 @@ class Speech2TextNER:
         self.tokenizer = tokenizer
         self.preprocessor_conf = dict(preprocessor_conf)
         self.trained_tasks = list(self.preprocessor_conf.get("tasks", {"short_asr": 1.0}))
-        self.max_input_frames = int(self.preprocessor_conf.get("max_input_frames", 1500))
+        seconds = float(self.preprocessor_conf.get("max_input_seconds", 30.0))
+        self.max_input_frames = round(seconds * model.encoder.frames_per_second)
         self.options = options
         self.frontend = frontend
         self.batch_size = batch_size
@@ -321,7 +326,7 @@ class Speech2TextNER:
     def history_request(
         self, uid: str, feats: Mapping[str, np.ndarray], previous: Sequence[str], hypotheses: Mapping[str, Decoded]
     ) -> Request:
-        """Utterance ``uid`` with the previous utterances that fit ``max_input_frames`` and their hypotheses
+        """Utterance ``uid`` with the previous utterances that fit ``max_input_seconds`` and their hypotheses
         (features as stored: float16 or float32)."""
         current = np.asarray(feats[uid])
         audio = [np.asarray(feats[p]) for p in previous]
@@ -365,7 +370,10 @@ class Speech2TextNER:
         fmt = output_format(task, max(len(r.history) for r in requests), self.trained_tasks)
         inputs, _, forced, limits = self.llm_inputs(requests, fmt)
         nbest = decode(self.model, inputs, limits, self.options, self.constraint(fmt))
-        return [self.interpret(r.uid, fmt, f, hyps[0]) for r, f, hyps in zip(requests, forced, nbest)]
+        decoded = [self.interpret(r.uid, fmt, f, hyps[0]) for r, f, hyps in zip(requests, forced, nbest)]
+        for d, r in zip(decoded, requests):
+            d.history_used = len(r.history)
+        return decoded
 
     def interpret(self, uid: str, fmt: str, forced: str, hyp: Hypothesis) -> Decoded:
         """Parse, check and repair one hypothesis (``forced``: the forced text before it)."""

@@ -58,6 +58,22 @@ def test_long_form_ner_uses_its_own_previous_hypotheses(experiment, tmp_path):
     assert (out / "malformed").is_file()
 
 
+def test_history_that_does_not_fit_is_left_out_and_listed(experiment, tmp_path):
+    """max_input_seconds 0.28 = 14 cached frames: spk1_u1 + spk1_u2 (5 + 6) fit, spk2_u1 + spk2_u2 (7 + 8) do not."""
+    import shutil
+
+    import yaml
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(experiment["exp"], model_dir)
+    config = yaml.safe_load((model_dir / "config.yaml").read_text(encoding="utf-8"))
+    config["preprocessor_conf"]["max_input_seconds"] = 0.28
+    (model_dir / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    out = tmp_path / "cut"
+    _run({**experiment, "exp": model_dir}, out, "--task", "asr", "--history", "1")
+    assert (out / "history_cut").read_text() == "spk2_u2 0 of 1\n"
+
+
 def test_short_form_asr_with_beam_search(experiment, tmp_path):
     out = tmp_path / "asr"
     _run(experiment, out, "--task", "asr", "--history", "0", "--beam_size", "2", "--length_penalty", "0.5")
@@ -71,6 +87,11 @@ def test_waves_batch_step_i_of_every_speaker():
     waves, needs = schedule(list(history), history, 2)
     assert waves == [["a1", "b1"], ["a2", "b2"], ["a3"]] and needs["a3"] == ["a1", "a2"]
     assert schedule(list(history), history, 0)[0] == [list(history)]
+    # in any key order (e.g. sorted by length): a3 needs a1 and a2, a2 needs a1 again
+    waves, _ = schedule(["a3", "b2", "a2", "b1", "a1"], history, 2)
+    assert waves == [["b1", "a1"], ["b2", "a2"], ["a3"]]
+    with pytest.raises(ValueError, match="circular"):
+        schedule(["x", "y"], {"x": ["y"], "y": ["x"]}, 1)
     with pytest.raises(ValueError, match="a1.*not among the keys"):
         schedule(["a2", "a3"], history, 1)
 

@@ -75,7 +75,7 @@ def test_eval_cot_ner_example_layout(data):
 def test_history_that_does_not_fit_is_left_out_whole(data):
     _, _, _, feats = data
     limit = feats["spk1_u2"].shape[0] + feats["spk1_u1"].shape[0] - 1
-    out = _pre(data, False, eval_task="long_asr", eval_history=1, max_input_frames=limit)(
+    out = _pre(data, False, eval_task="long_asr", eval_history=1, max_input_seconds=limit / 100, frames_per_second=100)(
         "spk1_u2", {"speech": feats["spk1_u2"], "text": TEXTS["spk1_u2"]})
     assert out["num_history"].tolist() == [0] and len(out["speech_segments"]) == 1
 
@@ -92,5 +92,11 @@ def test_training_draws_are_reproducible_per_epoch(data):
 
 def test_overlong_current_utterance_is_an_error(data):
     _, _, _, feats = data
-    with pytest.raises(ValueError, match="spk2_u2.*max_input_frames"):
-        _pre(data, False, max_input_frames=3)("spk2_u2", {"speech": feats["spk2_u2"], "text": TEXTS["spk2_u2"]})
+    with pytest.raises(ValueError, match="spk2_u2.*max_input_seconds=0.06 .3 frames"):
+        _pre(data, False, max_input_seconds=0.06)("spk2_u2", {"speech": feats["spk2_u2"], "text": TEXTS["spk2_u2"]})
+
+
+def test_limit_counts_seconds_in_the_input_frame_rate(data):
+    """The same 30 s are 1500 cached encoder frames and 3000 log-mel frames."""
+    assert _pre(data, False).max_input_frames == 1500
+    assert _pre(data, False, frames_per_second=100).max_input_frames == 3000

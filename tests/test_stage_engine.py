@@ -252,6 +252,29 @@ def test_default_tags_come_from_configs_and_train_args(recipe):
     assert arg(calls[-1]["words"], "--config") == "conf/train_conformer.yaml"
 
 
+def test_mel_input_trains_under_its_own_tag_from_a_given_phase_1(recipe):
+    """--input_type mel runs Whisper in training (encoder: whisper) under <tag>_mel; --phase1_dir links
+    another system's phase 1 and starts phase 2 from it."""
+    write_data_dirs(recipe.root / "exp/data")
+    recipe.run("--stage", "5", "--stop_stage", "5")
+    recipe.take_calls()
+    (recipe.root / "whisper").mkdir()
+    phase1 = recipe.root / "exp/decoder_only/phase1"
+    mel = ["--input_type", "mel", "--whisper", str(recipe.root / "whisper")]
+    recipe.run("--stage", "5", "--stop_stage", "7", *mel, "--phase1_dir", str(phase1))
+    calls = [c["words"] for c in recipe.take_calls()]
+    assert [str(Path(arg(c, "--output_dir")).relative_to(recipe.root / "exp")) for c in calls] == \
+        ["decoder_only_mel/phase2", "decoder_only_mel/phase3"]
+    assert all(arg(c, "--encoder") == "whisper" and "path=" + str(recipe.root / "whisper") in c for c in calls)
+    assert Path(arg(calls[0], "--init_param")).resolve() == (phase1 / "valid.acc.ave.pth").resolve()
+    assert (recipe.root / "exp/decoder_only_mel/phase1").resolve() == phase1.resolve()
+    other = recipe.root / "exp/decoder_only_max_epoch1/phase1"
+    other.mkdir(parents=True)
+    (other / "valid.acc.ave.pth").write_text("x")
+    refused = recipe.run("--stage", "6", "--stop_stage", "6", *mel, "--phase1_dir", str(other), ok=False)
+    assert "decoder_only_mel/phase1 exists and is not" in refused
+
+
 def test_arch_in_equals_form_trains_the_encoder_decoder_yamls(recipe):
     write_data_dirs(recipe.root / "exp/data")
     recipe.run("--stage", "5", "--stop_stage", "5", "--arch=encoder_decoder")

@@ -88,7 +88,7 @@ def read_good_waves(
             wave = read_wave(wav_scp[uttid], SAMPLE_RATE, min_samples=HOP_LENGTH)
             if max_samples is not None and len(wave) > max_samples:
                 seconds = len(wave) / SAMPLE_RATE
-                raise BadAudio(f"{seconds:.1f} s is longer than the encoder's 30 s; use --pad_to_30s")
+                raise BadAudio(f"{seconds:.1f} s is longer than Whisper's 30-s window (--pad_to_30s true crops it)")
         except BadAudio as err:
             logging.warning(f"{uttid}: {err}")
             bad.append((uttid, str(err)))
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     input_type = "encoder_output" if args.encoder_out else "mel"
     record_settings(scp, FeatureSettings(input_type, args.pad_to_30s, n_mels, dump_dtype=args.dump_dtype))
     bad: list[tuple[str, str]] = []
-    max_samples = CHUNK_SAMPLES if args.encoder_out and not args.pad_to_30s else None
+    max_samples = None if args.pad_to_30s else CHUNK_SAMPLES  # log-mel too: the model's Whisper takes 30 s at most
     waves = read_good_waves(keys, wav_scp, max_samples, args.pad_to_30s, bad)
     written = 0
     progress = Progress(f"dump {scp}", len(keys), args.log_every)

@@ -63,7 +63,7 @@ def _plan(ours: argparse.Namespace, rest: list[str], task, plan) -> dict:
     if ours.whisper_config and args.encoder == "whisper":
         args.encoder_conf["path"] = ours.whisper_config
     model = task.build_model_on(args, meta=True)
-    frames = args.preprocessor_conf.get("max_input_frames", 1500)
+    frames = round(args.preprocessor_conf.get("max_input_seconds", 30.0) * model.encoder.frames_per_second)
     encoder_frames = model.encoder.output_lengths(frames) if args.encoder == "whisper" else frames
     max_example = math.ceil(encoder_frames / model.connector.stack) + 1 + ours.max_text_tokens + PROMPT_TOKENS
     result = plan(model, args, ours.gpu_mem, ours.ngpu * ours.num_nodes, max_example, ours.max_text_fraction)

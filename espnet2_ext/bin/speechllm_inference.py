@@ -21,7 +21,7 @@ would decode input unlike anything it was trained on.
 Short-form (``--history 0``) decodes the utterances sorted by length, longest first, in batches of
 ``--batch_size``; the outputs keep the key-file order. Long-form (``--history K``) decodes
 each speaker's utterances in order: utterance i gets the audio of its K previous utterances (whole
-ones that fit ``max_input_frames``, nearest first, as in training) and the model's OWN plain
+ones that fit ``max_input_seconds``, nearest first, as in training) and the model's OWN plain
 hypotheses of them as forced history text. Utterances are decoded in waves, wave i holding the
 i-th utterance of every speaker, so long-form is batched across speakers. The previous utterances
 come from ``--history_file`` (``uttid prev_1 … prev_n``, most recent last) and must be among the
@@ -32,8 +32,10 @@ utterances/s, ETA) is logged every ``--log_every`` utterances.
 Outputs in ``--output_dir`` (``uttid value`` lines, key-file order): ``text`` (the current
 utterance, with entity markup for ``--task ner``), ``text.plain`` (markup-free), ``token_scores``
 (``uttid score lp_1 … lp_n``: the hypothesis score and each generated token's log-probability),
-``raw`` (the whole output: forced history, markers, answer) and ``malformed`` (``uttid reason``
-for every repaired or suspicious output; see :mod:`espnet2_ext.api`).
+``raw`` (the whole output: forced history, markers, answer), ``malformed`` (``uttid reason``
+for every repaired or suspicious output; see :mod:`espnet2_ext.api`) and ``history_cut`` (``uttid N of K``
+for every utterance decoded with fewer of its K previous utterances than asked, because they did not fit
+``max_input_seconds`` with it; the count is logged).
 """
 
 from __future__ import annotations
@@ -109,7 +111,10 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def write_outputs(output_dir: Path, keys: Sequence[str], results: Mapping[str, Decoded]) -> None:
+def write_outputs(
+    output_dir: Path, keys: Sequence[str], results: Mapping[str, Decoded], asked: Mapping[str, int]
+) -> None:
+    """The output files; ``asked``: the history each utterance asked for (``history_cut`` lists those that got less)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     files = {
         "text": lambda d: d.text,
@@ -125,6 +130,12 @@ def write_outputs(output_dir: Path, keys: Sequence[str], results: Mapping[str, D
         counts = Counter(p.split(" (")[0] for _, p in malformed)
         logging.warning("%d problem(s) in %d outputs, listed in %s: %s", len(malformed), len(keys),
                         output_dir / "malformed", dict(counts))
+    cut = [(u, results[u].history_used, asked[u]) for u in keys if results[u].history_used < asked[u]]
+    (output_dir / "history_cut").write_text("".join(f"{u} {used} of {n}\n" for u, used, n in cut), encoding="utf-8")
+    if cut:
+        logging.warning("%d of %d utterances decoded with fewer history utterances than asked (they did not fit "
+                        "max_input_seconds with the current one), listed in %s", len(cut), len(keys),
+                        output_dir / "history_cut")
 
 
 def check_features(config: Mapping, model_dir: Path, feats_scp: str, encoder_conf: Mapping) -> None:
@@ -189,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     keys = read_keys(args.key_file, feats, speech[0][0]) if args.key_file else list(feats)
     history = read_history_file(args.history_file) if args.history_file else {}
     results = engine.decode_long_form(feats, keys, history, args.history, args.task, args.log_every)
-    write_outputs(args.output_dir, keys, results)
+    asked = {uid: len(history[uid][-args.history :]) if args.history else 0 for uid in keys}
+    write_outputs(args.output_dir, keys, results, asked)
     logging.info("%d utterances decoded into %s", len(keys), args.output_dir)
 
 

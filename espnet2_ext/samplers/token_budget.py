@@ -155,7 +155,7 @@ class TokenBudgetIterFactory(AbsIterFactory):
         if too_big:
             logging.warning(
                 "[%s] %d example(s) exceed batch_bins=%d tokens alone (largest %d, e.g. %s); each gets a batch of "
-                "its own: raise batch_bins (check plan_memory) or lower max_input_frames",
+                "its own: raise batch_bins (check plan_memory) or lower max_input_seconds",
                 self.mode, len(too_big), self.budget, max(costs[u] for u in too_big), too_big[0],
             )
         schedule = rank_schedule(

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import GlmForCausalLM
 
 from espnet2_ext.speechllm.chatglm3 import load_chatglm3
+from espnet2_ext.speechllm.frontend import HOP_LENGTH, SAMPLE_RATE
 from espnet2_ext.speechllm.whisper_encoder import (
     FrozenWhisperEncoder,
     encoder_output_lengths,
@@ -26,6 +27,8 @@ from espnet2_ext.speechllm.whisper_encoder import (
 
 class PrecomputedEncoder(nn.Module):
     """Identity over cached encoder outputs (T', output_size)."""
+
+    frames_per_second = SAMPLE_RATE / HOP_LENGTH / 2  # Whisper's encoder output: 50 frames per second
 
     def __init__(self, output_size: int = 1280) -> None:
         super().__init__()
@@ -51,6 +54,8 @@ class WhisperSpeechEncoder(nn.Module):
     ``output_size``, when a config states it (as the ``precomputed`` configs do), must match the
     checkpoint's width: the same YAML then serves cached outputs and log-mel input alike.
     """
+
+    frames_per_second = SAMPLE_RATE / HOP_LENGTH  # log-mel input: 100 frames per second
 
     def __init__(
         self,

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from espnet2_ext.speechllm.espnet_model import LOSS_CHUNK, SpeechLLMModel
-from espnet2_ext.speechllm.lora import LORA_DEFAULTS
+from espnet2_ext.speechllm.lora import resolve_lora_conf
 
 GIB = 2**30
 RESERVE_BYTES = 3 * GIB
@@ -83,7 +83,7 @@ def model_shape(model: SpeechLLMModel, args: argparse.Namespace) -> ModelShape:
     """Read the shape from a (meta) model and its training arguments."""
     config = model.llm.config
     lora = args.llm_finetune == "lora"
-    lora_conf = {**LORA_DEFAULTS, **(args.lora_conf or {})} if lora else {}
+    lora_conf = resolve_lora_conf(args.lora_conf)[0] if lora else {}
     connector = model.connector
     whisper = getattr(model.encoder, "whisper", None)
     adapter_hidden = connector.layers[0].out_features if hasattr(connector, "layers") else 0

@@ -13,11 +13,13 @@ current last), ``speech_segments`` int64 frames per segment, ``num_history`` int
 before the current segment when > 0), ``prompt`` int64 ids of ``|asr|``, ``text`` int64 target
 ids + eos (see :mod:`prompts`).
 
-The input never exceeds ``max_input_frames`` (30 s: 1500 encoder frames or 3000 mel frames):
-the current utterance is always kept whole and history/partner utterances are added only
-while they fit whole, nearest first, so every transcript in the target matches audio in the
-input (a partly cropped history utterance would ask the model to transcribe speech it cannot
-hear). A current utterance longer than the limit is an error naming it.
+The input never exceeds ``max_input_seconds`` (30: Whisper's window), counted in seconds whatever
+the input is: ``frames_per_second`` (set by the task from the encoder: 50 for cached encoder
+outputs, 100 for log-mel) turns it into frames. The current utterance is always kept whole and
+history/partner utterances are added only while they fit whole, nearest first, so the oldest
+history goes first and every transcript in the target matches audio in the input (a partly
+cropped history utterance would ask the model to transcribe speech it cannot hear). A current
+utterance longer than the limit is an error naming it (stage 3 lists such utterances as bad).
 
 Randomness (task choice, number of concatenated/history utterances, partners) is drawn from a
 generator seeded by (seed, epoch, utterance id), so an epoch is reproducible, also after
@@ -86,7 +88,8 @@ class SpeechLLMPreprocessor(AbsPreprocessor):
         max_history: int = 0,
         eval_task: str = "short_asr",
         eval_history: int = 0,
-        max_input_frames: int = 1500,
+        max_input_seconds: float = 30.0,
+        frames_per_second: float = 50.0,
         seed: int = 0,
     ) -> None:
         super().__init__(train)
@@ -98,10 +101,13 @@ class SpeechLLMPreprocessor(AbsPreprocessor):
         if sum(self.tasks.values()) <= 0:
             raise ValueError(f"task weights {self.tasks} sum to zero")
         self.eval_task = check_task(eval_task)
-        if max_concat < 1 or max_history < 0 or eval_history < 0 or max_input_frames < 1:
-            raise ValueError("need max_concat >= 1, max_history >= 0, eval_history >= 0, max_input_frames >= 1")
+        if max_concat < 1 or max_history < 0 or eval_history < 0 or max_input_seconds <= 0 or frames_per_second <= 0:
+            raise ValueError(
+                "need max_concat >= 1, max_history >= 0, eval_history >= 0, max_input_seconds > 0, frames_per_second > 0"
+            )
         self.max_concat, self.max_history, self.eval_history = max_concat, max_history, eval_history
-        self.max_input_frames = max_input_frames
+        self.max_input_seconds = max_input_seconds
+        self.max_input_frames = round(max_input_seconds * frames_per_second)
         self.seed = seed
         self.epoch = 0
         self.tokenizer = ChatGLM3Tokenizer(tokenizer_file)
@@ -189,7 +195,8 @@ class SpeechLLMPreprocessor(AbsPreprocessor):
             raise ValueError(f"utterance {uid}: speech must be (frames, dims), got {current.shape}")
         if current.shape[0] > self.max_input_frames:
             raise ValueError(
-                f"utterance {uid}: {current.shape[0]} frames exceed max_input_frames={self.max_input_frames}"
+                f"utterance {uid}: {current.shape[0]} frames exceed max_input_seconds={self.max_input_seconds} "
+                f"({self.max_input_frames} frames); remove it from the training data"
             )
         text = data["text"]
         parse_markup(text, utt_id=uid)

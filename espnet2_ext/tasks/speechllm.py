@@ -49,6 +49,7 @@ from espnet2_ext.samplers.token_budget import BATCH_TYPE, ExampleCoster, TokenBu
 from espnet2_ext.speechllm.backbones import ChatGLM3Source, PrecomputedEncoder, WhisperSpeechEncoder
 from espnet2_ext.speechllm.connectors import AdapterConnector, CrossAttentionConnector, SpeechConnector
 from espnet2_ext.speechllm.espnet_model import SpeechLLMModel
+from espnet2_ext.speechllm.input_settings import read_feature_settings, settings_file
 from espnet2_ext.speechllm.lora import LLM_FINETUNE_MODES, configure_llm_finetuning
 from espnet2_ext.speechllm.param_table import format_parameter_table, parameter_counts
 from espnet2_ext.speechllm.precision import (
@@ -92,6 +93,24 @@ def _data_paths(entries: Sequence[Sequence[str]] | None, name: str) -> list[str]
     return [path for path, data_name, _ in (entries or []) if data_name == name]
 
 
+ENCODER_INPUT = {"precomputed": "encoder_output", "whisper": "mel"}  # what each encoder choice reads
+
+
+def check_input_type(args: argparse.Namespace) -> None:
+    """Refuse features the config's encoder cannot read, by their ``feats_conf.json`` (stage 3's record)."""
+    wanted = ENCODER_INPUT[args.encoder]
+    for entries in (args.train_data_path_and_name_and_type, args.valid_data_path_and_name_and_type):
+        for scp in _data_paths(entries, "speech"):
+            record = read_feature_settings(settings_file(scp))
+            if record is not None and record.input_type != wanted:
+                other = next(k for k, v in ENCODER_INPUT.items() if v == record.input_type)
+                raise UserError(
+                    f"{scp}: {record.input_type} features ({settings_file(scp)}), but the config's encoder "
+                    f"'{args.encoder}' reads {wanted}: run llm.sh with --input_type {record.input_type}, "
+                    f"or train with --encoder {other}"
+                )
+
+
 class SpeechLLMTask(SafeLoadingTask, AbsTask):
     """Speech-LLM ASR/NER training (Table-1 formats, three phases via configs)."""
 
@@ -110,7 +129,7 @@ class SpeechLLMTask(SafeLoadingTask, AbsTask):
                            help="peft LoraConfig overrides (defaults: r 32, alpha 64, dropout 0.05)")
         group.add_argument("--preprocessor_conf", action=NestedDictAction, default=dict(),
                            help="SpeechLLMPreprocessor options (tasks, max_concat, max_history, "
-                           "eval_task, eval_history, max_input_frames, history_file, ...)")
+                           "eval_task, eval_history, max_input_seconds, history_file, ...)")
         group.add_argument("--use_preprocessor", type=str2bool, default=True,
                            help="Build Table-1 examples (needed for training)")
         group.add_argument("--frozen_dtype", type=str, default="float32", choices=FROZEN_DTYPES,
@@ -135,6 +154,7 @@ class SpeechLLMTask(SafeLoadingTask, AbsTask):
     def main_worker(cls, args: argparse.Namespace) -> None:
         """Refuse precision settings and checkpoints that cannot train as asked, before anything is built."""
         check_precision_args(args)
+        check_input_type(args)
         if not args.collect_stats and args.llm_finetune != "full" and "dtype" not in args.llm_conf:
             check_stored_dtype(args.llm_conf.get("path", ""), DTYPES[args.frozen_dtype], "LLM")
         if args.num_iters_per_epoch is not None and BATCH_TYPE in (args.batch_type, args.valid_batch_type):
@@ -157,6 +177,11 @@ class SpeechLLMTask(SafeLoadingTask, AbsTask):
         if not args.use_preprocessor:
             return None
         conf = dict(args.preprocessor_conf)
+        if "max_input_frames" in conf:
+            raise UserError(
+                f"preprocessor_conf max_input_frames={conf['max_input_frames']} is now max_input_seconds, counted in "
+                "seconds whatever the input (30 = Whisper's window = 1500 encoder or 3000 log-mel frames)"
+            )
         sources = [args.train_data_path_and_name_and_type]
         if not train:
             sources.insert(0, getattr(args, "valid_data_path_and_name_and_type", None))
@@ -165,6 +190,7 @@ class SpeechLLMTask(SafeLoadingTask, AbsTask):
         # Kaldi data dirs carry their speakers' history lists next to `text` (stage 1 writes them).
         conf.setdefault("history_file", [h for t in conf["text_file"] if (h := Path(t).parent / "history").is_file()])
         conf.setdefault("seed", args.seed)
+        conf["frames_per_second"] = encoder_choices.get_class(args.encoder).frames_per_second
         return SpeechLLMPreprocessor(train=train, tokenizer_file=args.tokenizer_file, **conf)
 
     @classmethod

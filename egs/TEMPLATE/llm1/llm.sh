@@ -43,16 +43,18 @@ test_sets="test"     # Splits to decode (space-separated).
 # Checkpoints (local paths only)
 whisper=             # Whisper checkpoint: a Hugging Face directory or an OpenAI .pt file.
 llm=                 # ChatGLM3 checkpoint directory (upstream format or converted), with tokenizer.model.
-input_type=encoder_output  # encoder_output (dump the frozen encoder once) or mel (run it every step).
+input_type=encoder_output  # encoder_output: dump each utterance's encoder output once, join them per example (fast); mel: the paper's path, Whisper run in every step on the concatenated log-mel.
 pad_to_30s=true      # Run Whisper on 30-s padded input as the paper does (false: variable length).
 dump_batch_size=8    # Utterances per encoder forward when dumping encoder outputs.
 dump_dtype=float16   # How stage 3 stores features: float16 (half the disk) or float32.
+encoder_dtype=auto   # What stage 3 runs the frozen encoder in: auto (bfloat16 on GPUs, float32 on CPUs), bfloat16 (also ~2x faster on CPUs with AVX512-BF16/AMX) or float32.
 # Training (stages 5-7)
 phase1_config=       # YAML for phase 1, short-form ASR (empty: conf/train_<arch>_phase1.yaml).
 phase2_config=       # YAML for phase 2, long-form ASR with history (empty: conf/train_<arch>_phase2.yaml).
 phase3_config=       # YAML for phase 3, long-form ASR 30% + CoT NER 70% (empty: conf/train_<arch>_phase3.yaml).
 train_args=          # Extra arguments for every training phase, shell-quoted (e.g. "--max_epoch 2").
 init_checkpoint=valid.acc.ave.pth  # Which checkpoint of phase N starts phase N+1.
+phase1_dir=          # A finished phase-1 directory to start phase 2 from instead of training phase 1 (linked as <expdir>/<tag>/phase1; e.g. to compare phase-2/3 settings from one phase 1).
 tag=                 # Experiment directory name under expdir (empty: derived, see "Experiment tags" above).
 # Conformer baseline
 asr_config=          # ESPnet asr_train YAML for the Conformer (empty: conf/train_conformer.yaml).
@@ -89,7 +91,7 @@ started with other inputs and not finished is refused: pass --force true (retrai
 new --tag. Each phase YAML's connector must match --arch.
 
 Experiment tags: <expdir>/<tag> holds one system. The default is the configs' common name without
-\"train_\" and \"_phaseN\" (prefixed by the arch when it does not start with it), then --train_args with
+\"train_\" and \"_phaseN\" (prefixed by the arch when it does not start with it; _mel added for --input_type mel), then --train_args with
 \"--\" as \"_\" and characters other than letters, digits and \"_.,+-\" removed: the shipped configs give
 decoder_only, encoder_decoder and conformer; --train_args \"--max_epoch 2\" gives decoder_only_max_epoch2.
 
@@ -165,6 +167,7 @@ default_tag() {
         stem=${s1}; [ "${s1}" = "${s2}" ] && [ "${s2}" = "${s3}" ] || stem=${s1}-${s2}-${s3}
     fi
     case "${stem}" in "${base}"|"${base}"_*) ;; *) stem=${base}_${stem};; esac
+    [ "${system}" = llm ] && [ "${input_type}" = mel ] && stem=${stem}_mel
     printf '%s%s\n' "${stem}" "$(sed -e 's/--/_/g' -e 's/[^A-Za-z0-9_.,+-]//g' <<< "${train_args}")"
 }
 [ -n "${tag}" ] || tag=$(default_tag)
@@ -258,7 +261,7 @@ if in_range 3 && [ "${system}" = llm ]; then
     for x in "${all_sets[@]}"; do
         out=${dumpdir}/${feats_name}/${x}
         items=("scp:${datadir}/${x}/wav.scp" "opt:input_type=${input_type}" "stat:${whisper}" "opt:dump_dtype=${dump_dtype}")
-        [ "${input_type}" = encoder_output ] && items+=("opt:pad_to_30s=${pad_to_30s}")
+        [ "${input_type}" = encoder_output ] && items+=("opt:pad_to_30s=${pad_to_30s}" "opt:encoder_dtype=${encoder_dtype}")
         if up_to_date "${out}/.done" "${items[@]}"; then log "Stage 3: ${out} is up to date, skipping"; continue; fi
         log "Stage 3: dumping ${feats_name} features of ${x} into ${out} (nj=${nj}; ${stale})"
         clean_dir "${out}"
@@ -270,7 +273,7 @@ if in_range 3 && [ "${system}" = llm ]; then
         dump_opts=(--n_mels 80)
         [ -n "${whisper}" ] && dump_opts=(--whisper "${whisper}")
         dump_opts+=(--dump_dtype "${dump_dtype}")
-        [ "${input_type}" = encoder_output ] && dump_opts+=(--encoder_out --pad_to_30s "${pad_to_30s}" --batch_size "${dump_batch_size}")
+        [ "${input_type}" = encoder_output ] && dump_opts+=(--encoder_out --pad_to_30s "${pad_to_30s}" --batch_size "${dump_batch_size}" --dtype "${encoder_dtype}")
         _cmd=${train_cmd}; _gpu=0
         if [ "${input_type}" = encoder_output ] && [ "${ngpu}" -gt 0 ]; then _cmd=${cuda_cmd}; _gpu=1; dump_opts+=(--device cuda); fi
         ${_cmd} --gpu "${_gpu}" JOB=1:"${_nj}" "${out}/log/dump.JOB.log" \
@@ -363,15 +366,15 @@ train_phase() {
     [ "${train_now}" = true ] || return 0
     [ -z "${init}" ] || [ -e "${init}" ] || die "${init} not found: train phase $((n - 1)) first (stage $((st - 1)))"
     log "Stage ${st}: phase ${n} training (${config}) -> ${outdir} (${stale})"
-    # The YAML's encoder decides the input: `precomputed` reads the stage-3 encoder outputs,
-    # `whisper` runs the frozen encoder on log-mel (--input_type mel) and needs its path.
+    # --input_type decides the encoder: the YAML's `precomputed` reads the stage-3 encoder outputs;
+    # mel replaces it by `whisper`, the frozen encoder run in every step on the concatenated log-mel.
     local encoder_opts=()
-    [ "${input_type}" = mel ] && encoder_opts=(--encoder_conf "path=${whisper}" --encoder_conf "pad_to_30s=${pad_to_30s}")
+    [ "${input_type}" = mel ] && encoder_opts=(--encoder whisper --encoder_conf "path=${whisper}" --encoder_conf "pad_to_30s=${pad_to_30s}")
     local init_opts=()
     [ -n "${init}" ] && init_opts=(--init_param "${init}")
     if [ "${ngpu}" -gt 0 ] && [ "${gpu_mem}" != 0 ]; then  # stop here, not after loading 12 GB, when it cannot fit
         local plan_opts=(--config "${config}" --llm_config "${llm}" --gpu_mem "${gpu_mem}" --ngpu "${ngpu}" --num_nodes "${num_nodes}")
-        [ "${input_type}" = mel ] && plan_opts+=(--whisper_config "${whisper}")
+        [ "${input_type}" = mel ] && plan_opts+=(--whisper_config "${whisper}" --encoder whisper)
         python -m espnet2_ext.bin.plan_memory "${plan_opts[@]}" --check "${train_args_words[@]}" > "${outdir}/memory_plan.json" \
             || die "phase ${n}: ${config} does not fit --gpu_mem ${gpu_mem} GiB per GPU (plan_memory's line above names the knobs)"
         log "Phase ${n}: predicted peak $(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["peak_gib"])' "${outdir}/memory_plan.json") GiB per GPU (${outdir}/memory_plan.json)"
@@ -400,8 +403,17 @@ train_phase() {
     finish_training "${outdir}"
 }
 
+if [ "${system}" = llm ] && [ -n "${phase1_dir}" ] && { in_range 5 || in_range 6 || in_range 7; }; then
+    [ -e "${phase1_dir}/${init_checkpoint}" ] || die "--phase1_dir ${phase1_dir} has no ${init_checkpoint}: train that phase 1 first"
+    target=$(readlink -f "${phase1_dir}")
+    if [ -e "${sysdir}/phase1" ] && [ "$(readlink -f "${sysdir}/phase1")" != "${target}" ]; then
+        die "${sysdir}/phase1 exists and is not ${phase1_dir}: use another --tag"
+    fi
+    mkdir -p "${sysdir}"; ln -sfn "${target}" "${sysdir}/phase1"
+    log "Stage 5: phase 1 taken from ${phase1_dir} (linked as ${sysdir}/phase1)"
+fi
 if [ "${system}" = llm ]; then
-    in_range 5 && train_phase 1 "${phase1_config}" ""
+    in_range 5 && [ -z "${phase1_dir}" ] && train_phase 1 "${phase1_config}" ""
     in_range 6 && train_phase 2 "${phase2_config}" "${sysdir}/phase1/${init_checkpoint}"
     in_range 7 && train_phase 3 "${phase3_config}" "${sysdir}/phase2/${init_checkpoint}"
 elif in_range 5; then
@@ -501,7 +513,9 @@ if in_range 9; then
     for sys_dir in "${expdir}"/*/; do
         sys_dir=${sys_dir%/}; ana=${sys_dir}/analysis
         [ -f "${sys_dir}/phase3/config.yaml" ] && [ -e "${sys_dir}/phase3/${inference_model}" ] || continue
-        items=("stat:${dumpdir}/${feats_name}/${x}" "file:${datadir}/${x}/history")
+        # Each system's own input: log-mel for one trained with --input_type mel (encoder: whisper).
+        sys_feats=${dumpdir}/enc/${x}; grep -q '^encoder: whisper' "${sys_dir}/phase3/config.yaml" && sys_feats=${dumpdir}/mel/${x}
+        items=("stat:${sys_feats}" "file:${datadir}/${x}/history")
         for p in 1 2 3; do items+=("stat:${sys_dir}/phase${p}/${inference_model}" "file:${sys_dir}/phase${p}/config.yaml"); done
         up_to_date "${ana}/.done" "${items[@]}" && continue
         mkdir -p "${ana}"
@@ -509,7 +523,7 @@ if in_range 9; then
         [ "${gpu_inference}" = true ] && { _cmd=${cuda_cmd}; _gpu=1; }
         ${_cmd} --gpu "${_gpu}" "${ana}.log" \
             python -m espnet2_ext.bin.analyze_speechllm --model_dir "${sys_dir}"/phase{1,2,3} --model_file "${inference_model}" \
-                --out "${ana}" --data "${dumpdir}/${feats_name}/${x}/feats.scp" --history_file "${datadir}/${x}/history" \
+                --out "${ana}" --data "${sys_feats}/feats.scp" --history_file "${datadir}/${x}/history" \
                 --num_utts 24 --ngpu "${_gpu}" || { log "Error: analysis of ${sys_dir} failed, see ${ana}.log"; exit 1; }
         mark_done "${ana}/.done"
     done

@@ -6,6 +6,8 @@
 #   ./run.sh                            # stages 0-10 for every system
 #   ./run.sh --stage 3 --stop_stage 7   # dumps through phase 3
 #   ./run.sh --fast true                # CI's integration run: a small corpus and few epochs
+#   ./run.sh --input_type mel           # the paper's input path: Whisper run on the concatenated log-mel in every
+#                                       # step (systems <arch>_mel; the Conformer is shared); slow on CPU
 set -euo pipefail
 
 stage=0                 # 0: corpus + stand-in LLM; 1-10: llm.sh stages.
@@ -15,8 +17,10 @@ fast=false              # true: small corpus and short training (CI); results ar
 corpus=corpus           # Where stage 0 writes the synthetic AISHELL-1-style corpus.
 expdir=exp              # Where data dirs, dumps, stand-ins, experiments and RESULTS.md go.
 nj=2                    # Parallel jobs for synthesis, dumping and decoding.
+input_type=encoder_output  # encoder_output: cached Whisper outputs joined per example; mel: the paper's path.
+dtype=auto              # Whisper and speech-LLM compute dtype: auto (bfloat16 on CPUs with AVX512-BF16/AMX, else float32).
 
-help_message="Usage: $0 [--stage 0] [--stop_stage 10] [--systems \"${systems}\"] [--fast false] [--corpus corpus] [--expdir exp] [--nj 2]"
+help_message="Usage: $0 [--stage 0] [--stop_stage 10] [--systems \"${systems}\"] [--fast false] [--corpus corpus] [--expdir exp] [--nj 2] [--input_type encoder_output|mel] [--dtype auto|bfloat16|float32]"
 log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${0##*/}) $*"; }
 . ./path.sh
 . utils/parse_options.sh
@@ -37,16 +41,19 @@ if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
     local/stand_ins.sh "${corpus}" "${expdir}/stand_ins" conf/stand_ins.yaml
 fi
 
-common=(--local_data_opts "--aishell_dir ${corpus@Q}/data_aishell --ner_dir ${corpus@Q}/aishell_ner"
-        --whisper "${MAIN_ROOT}/tools/models/whisper-base" --llm "${expdir}/stand_ins/chatglm3"
-        --ngpu 0 --train_num_threads 1 --nj "${nj}" --inference_nj 1 --expdir "${expdir}" --pad_to_30s false
-        --dumpdir "${expdir}/dump" --datadir "${expdir}/data" --results "${expdir}/RESULTS.md"
-        --train_args "${train_args}"
+. local/llm_opts.sh
+common=("${mini_llm_opts[@]}" --input_type "${input_type}"
         --decode_specs "phase1:asr:0 phase3:ner:0 phase3:ner:1 phase3:ner:2")
 # system_args SYSTEM: the llm.sh options that select one system (llm.sh derives its configs from conf/);
-# the tag is the system's name whatever --fast gives --train_args, so RESULTS.md rows keep their names.
+# the tag is the system's name (+ _mel for --input_type mel) whatever --fast gives --train_args, so RESULTS.md
+# rows keep their names.
 system_args() {
-    if [ "$1" = conformer ]; then sys_args=(--system conformer --tag conformer); else sys_args=(--arch "$1" --tag "$1"); fi
+    local suffix=; [ "${input_type}" = mel ] && suffix=_mel
+    if [ "$1" = conformer ]; then
+        sys_args=(--system conformer --train_args "${train_args}" --tag conformer)
+    else
+        sys_args=(--arch "$1" --train_args "${train_args} ${mini_llm_train_args}" --tag "$1${suffix}")
+    fi
 }
 
 # Stages 1-4 (data, dumps, token lists) are shared and cheap: one system after the other.
@@ -87,5 +94,11 @@ if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
 fi
 if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
     ./llm.sh "${common[@]}" --stage 9 --stop_stage 9
+fi
+# Every hypothesis of this run's systems in one digest: two runs on one machine print the same one.
+if [ ${stop_stage} -ge 8 ]; then
+    shopt -s nullglob
+    hyps=(); for sys in ${systems}; do system_args "${sys}"; hyps+=("${expdir}/${sys_args[-1]}"/decode_*/*/text); done
+    [ ${#hyps[@]} -eq 0 ] || log "Hypotheses digest: $(cat "${hyps[@]}" | sha256sum | cut -c1-16) (${#hyps[@]} decodings; equal across runs on one machine)"
 fi
 log "Finished in ${SECONDS}s."
