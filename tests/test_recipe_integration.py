@@ -55,11 +55,12 @@ def test_full_recipe_stages_1_to_3(fake_aishell, tmp_path):
         assert not any(" " in line.split(maxsplit=1)[1] for line in (data / "text").read_text(encoding="utf-8").splitlines())
         history = [line.split() for line in (data / "history").read_text(encoding="utf-8").splitlines()]
         assert all(all(prev < h[0] and prev[:11] == h[0][:11] for prev in h[1:]) for h in history)
-        feats = dict(kaldiio.load_scp(str(exp / "dump/enc" / split / "feats.scp")))
+        # the full recipe's default is the paper's input path: log-mel dumps (Whisper runs in training)
+        feats = dict(kaldiio.load_scp(str(exp / "dump/mel" / split / "feats.scp")))
         assert sorted(feats) == ids
-        shapes = dict(line.split() for line in (exp / "dump/enc" / split / "feats_shape").read_text().splitlines())
+        shapes = dict(line.split() for line in (exp / "dump/mel" / split / "feats_shape").read_text().splitlines())
         for utt in ids:
-            assert feats[utt].shape[1] == 16 and shapes[utt] == f"{feats[utt].shape[0]},16"
+            assert feats[utt].shape[1] == 80 and shapes[utt] == f"{feats[utt].shape[0]},80"
     # Idempotent: a rerun with the same options skips every stage.
     rerun = _run(["./run.sh", "--stage", "1", "--stop_stage", "3", "--ngpu", "0", "--nj", "2",
                   f"--aishell_dir={fake_aishell / 'data_aishell'}", "--ner_dir", str(fake_aishell / "aishell_ner"),
@@ -82,3 +83,11 @@ def test_mini_recipe_fast(tmp_path):
     for arch in ("decoder_only", "encoder_decoder"):
         assert (exp / arch / "packed" / "model.pth").is_file()
         assert list((exp / arch / "analysis").glob("*.png"))
+    # The paper's input path on the same corpus: log-mel dumps, Whisper in every training step, its own rows.
+    text = _run(["./run.sh", "--fast", "true", "--corpus", str(tmp_path / "corpus"), "--expdir", str(exp),
+                 "--input_type", "mel", "--systems", "decoder_only", "--stage", "1"], MINI, tmp_path / "mel.log", 3000)
+    results = (exp / "RESULTS.md").read_text(encoding="utf-8")
+    assert re.search(r"^\| decoder_only_mel phase3 ner his=1 \| [\d.]+ \|", results, re.M), results
+    assert re.search(r"^\| decoder_only phase3 ner his=1 \| [\d.]+ \|", results, re.M), "cached rows kept"
+    assert (exp / "dump/mel/test/feats.scp").is_file() and (exp / "decoder_only_mel/packed/model.pth").is_file()
+    assert "encoder: whisper" in (exp / "decoder_only_mel/phase3/config.yaml").read_text(encoding="utf-8")

@@ -131,7 +131,7 @@ def recipe(tmp_path: Path) -> Recipe:
     (root / "llm").mkdir()
     common = ["--aishell_dir", str(root / "corpus/data_aishell"), f"--ner_dir={root / 'corpus/aishell_ner'}",
               "--datadir", str(root / "exp/data"), "--dumpdir", str(root / "exp/dump"), "--expdir", str(root / "exp"),
-              "--llm", str(root / "llm"), "--ngpu", "0", "--nj", "1", "--inference_nj", "1",
+              "--llm", str(root / "llm"), "--ngpu", "0", "--nj", "1", "--inference_nj", "1", "--input_type", "encoder_output",
               "--decode_specs", "phase1:asr:0 phase3:ner:1"]
     return Recipe(rdir, root, tmp_path / "calls.jsonl", common)
 

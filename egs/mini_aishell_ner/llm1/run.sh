@@ -18,7 +18,7 @@ corpus=corpus           # Where stage 0 writes the synthetic AISHELL-1-style cor
 expdir=exp              # Where data dirs, dumps, stand-ins, experiments and RESULTS.md go.
 nj=2                    # Parallel jobs for synthesis, dumping and decoding.
 input_type=encoder_output  # encoder_output: cached Whisper outputs joined per example; mel: the paper's path.
-dtype=auto              # Whisper and speech-LLM compute dtype: auto (bfloat16 on CPUs with AVX512-BF16/AMX, else float32).
+dtype=float32           # Whisper dumps and speech-LLM autocast: float32 (the table's numbers), bfloat16 (2.3x faster dumps, ~20% faster steps on CPUs with AVX512-BF16/AMX) or auto (bfloat16 where the CPU has it).
 
 help_message="Usage: $0 [--stage 0] [--stop_stage 10] [--systems \"${systems}\"] [--fast false] [--corpus corpus] [--expdir exp] [--nj 2] [--input_type encoder_output|mel] [--dtype auto|bfloat16|float32]"
 log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${0##*/}) $*"; }

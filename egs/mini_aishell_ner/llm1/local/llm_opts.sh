@@ -2,8 +2,8 @@
 # (corpus, checkpoints, CPU settings, directories), from the caller's ${corpus}, ${expdir}, ${nj} and ${dtype}.
 # Whisper runs on unpadded input here (--pad_to_30s false): on 2 CPU cores a 30-s window costs 2.1 s per
 # utterance against 0.13 s for a 3-s utterance.
-# dtype auto: bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX: Whisper dumps 2.3x faster,
-# training steps ~20% faster under autocast, weights and AdamW states in fp32), float32 elsewhere.
+# dtype: float32, bfloat16 (where the CPU computes it natively, AVX512-BF16 or AMX: Whisper dumps 2.3x faster,
+# training steps ~20% faster under autocast, weights and AdamW states in fp32), or auto (bfloat16 where native).
 # shellcheck disable=SC2034
 if [ "${dtype}" = auto ]; then
     dtype=float32; grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && dtype=bfloat16
