@@ -42,7 +42,7 @@ def test_merged_lora_gives_the_unmerged_tokens(tiny, arch):
     unmerged, logits = _greedy(model, batch)
     without_lora = make_model(arch, tokenizer, llm_finetune="frozen", gate_init=0.7, seed=3).eval()
     assert _greedy(without_lora, batch)[0] != unmerged  # the update matters
-    assert merge_lora(model.llm) == 2 * 6  # q, k, v, o, gate_up, down in each of the two layers
+    assert merge_lora(model.llm) == 2 * 4  # q, k, v (one shared A), o in each of the two layers: the default
     assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())
     assert not any("lora_" in name for name, _ in model.named_parameters())
     merged, merged_logits = _greedy(model, batch)

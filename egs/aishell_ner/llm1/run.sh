@@ -34,7 +34,8 @@ while [ $# -gt 0 ]; do
 done
 
 # --input_type mel is the paper's input path: Whisper-large-v2 runs in every training step on the 30-s padded
-# log-mel of the concatenated utterances (about +15% compute per step against cached encoder outputs, 9 GB
-# of log-mel dumps instead of 82 GB of encoder outputs); --input_type encoder_output is the faster approximation.
+# log-mel of the concatenated utterances (by arithmetic ~+45% training compute for the decoder-only model, ~2x
+# for the encoder-decoder one, against cached encoder outputs; 9 GB of log-mel dumps instead of 82 GB of encoder
+# outputs); --input_type encoder_output is the cheaper approximation (README: "Two input paths").
 ./llm.sh --local_data_opts "--aishell_dir ${aishell_dir@Q} --ner_dir ${ner_dir@Q}" --whisper "${whisper}" --llm "${llm}" \
     --ngpu 1 --nj 32 --inference_nj 8 --gpu_inference true --input_type mel --pad_to_30s true "${args[@]}"
