@@ -162,7 +162,8 @@ def test_an_empty_checkpoint_is_named(tmp_path):
 
 def test_a_checkpoint_holding_a_pickled_object_is_refused(trained, tmp_path):
     marker = tmp_path / "executed"
-    states = torch.load(trained / "exp" / "checkpoint.pth", weights_only=False)
+    with weights_only_loads():  # our own checkpoint, read with the globals ESPnet's need
+        states = torch.load(trained / "exp" / "checkpoint.pth", weights_only=True)
     states["reporter"]["extra"] = _Touches(marker)
     checkpoint = tmp_path / "checkpoint.pth"
     torch.save(states, checkpoint)
