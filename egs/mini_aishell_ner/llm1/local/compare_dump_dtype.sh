@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Does storing the frozen encoder's outputs as float16 (stage 3's default) move the scores? Dumps the test
-# set's encoder outputs again as float32 and decodes it with the trained models of a finished ./run.sh,
-# beside the float16 decodings stage 8 made; prints both and writes EXPDIR/dump_dtype_check/summary.tsv.
-#   local/compare_dump_dtype.sh [--expdir exp] [--systems "decoder_only encoder_decoder"]
+# set's encoder outputs again, stored as float32 and computed as that run's were (--encoder_dtype, as given to ./run.sh),
+# and decodes it with the run's trained models beside the float16 decodings stage 8 made; prints both and writes
+# EXPDIR/dump_dtype_check/summary.tsv.
+#   local/compare_dump_dtype.sh [--expdir exp] [--systems "decoder_only encoder_decoder"] [--encoder_dtype auto]
 set -euo pipefail
 
 expdir=exp
 systems="decoder_only encoder_decoder"
 decode_specs="phase1:asr:0 phase3:ner:0 phase3:ner:1 phase3:ner:2"
 test_set=test
-help_message="Usage: $0 [--expdir exp] [--systems \"${systems}\"] [--decode_specs \"${decode_specs}\"] [--test_set test]"
+encoder_dtype=auto
+help_message="Usage: $0 [--expdir exp] [--systems \"${systems}\"] [--decode_specs \"${decode_specs}\"] [--test_set test] [--encoder_dtype auto|bfloat16|float32]"
 . ./path.sh
 . utils/parse_options.sh
+. local/cpu_dtype.sh
+encoder_dtype=$(cpu_dtype "${encoder_dtype}")
 
 data=${expdir}/data/${test_set}
 out=${expdir}/dump_dtype_check
@@ -19,7 +23,7 @@ fp32=${out}/dump/enc/${test_set}
 [ -f "${expdir}/dump/enc/${test_set}/feats.scp" ] || { echo "$0: run ./run.sh first (no ${expdir}/dump/enc/${test_set})" >&2; exit 1; }
 if [ ! -f "${fp32}/feats.scp" ]; then
     python -m espnet2_ext.bin.dump_feats --wav_scp "${data}/wav.scp" --out_dir "${fp32}" --name feats \
-        --whisper "${MAIN_ROOT}/tools/models/whisper-base" --encoder_out --pad_to_30s false --dump_dtype float32
+        --whisper "${MAIN_ROOT}/tools/models/whisper-base" --encoder_out --pad_to_30s false --dump_dtype float32 --dtype "${encoder_dtype}"
 fi
 printf 'system\tphase\ttask\thistory\tcer_fp16\tcer_fp32\tf1_fp16\tf1_fp32\tsame_hyps\n' > "${out}/summary.tsv"
 for sys in ${systems}; do

@@ -19,6 +19,7 @@ help_message="Usage: $0 [--epochs 1] [--archs \"${archs}\"] [--corpus corpus] [-
 log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${0##*/}) $*"; }
 . ./path.sh
 . utils/parse_options.sh
+encoder_dtype=${dtype} frozen_dtype=${dtype}
 . local/llm_opts.sh
 SECONDS=0
 
