@@ -3,15 +3,15 @@
 # set's encoder outputs again, stored as float32 and computed as that run's were (--encoder_dtype, as given to ./run.sh),
 # and decodes it with the run's trained models beside the float16 decodings stage 8 made; prints both and writes
 # EXPDIR/dump_dtype_check/summary.tsv.
-#   local/compare_dump_dtype.sh [--expdir exp] [--systems "decoder_only encoder_decoder"] [--encoder_dtype auto]
+#   local/compare_dump_dtype.sh [--expdir exp] [--systems "decoder_only encoder_decoder"] [--encoder_dtype float32]
 set -euo pipefail
 
 expdir=exp
 systems="decoder_only encoder_decoder"
 decode_specs="phase1:asr:0 phase3:ner:0 phase3:ner:1 phase3:ner:2"
 test_set=test
-encoder_dtype=auto
-help_message="Usage: $0 [--expdir exp] [--systems \"${systems}\"] [--decode_specs \"${decode_specs}\"] [--test_set test] [--encoder_dtype auto|bfloat16|float32]"
+encoder_dtype=float32
+help_message="Usage: $0 [--expdir exp] [--systems \"${systems}\"] [--decode_specs \"${decode_specs}\"] [--test_set test] [--encoder_dtype float32|bfloat16|auto]"
 . ./path.sh
 . utils/parse_options.sh
 . local/cpu_dtype.sh

@@ -12,6 +12,6 @@ frozen_dtype=$(cpu_dtype "${frozen_dtype}")
 # shellcheck disable=SC2034
 mini_llm_opts=(--local_data_opts "--aishell_dir ${corpus@Q}/data_aishell --ner_dir ${corpus@Q}/aishell_ner"
     --whisper "${MAIN_ROOT}/tools/models/whisper-base" --llm "${expdir}/stand_ins/chatglm3" --encoder_dtype "${encoder_dtype}"
-    --ngpu 0 --train_num_threads 1 --nj "${nj}" --inference_nj 1 --inference_batch_size 64 --expdir "${expdir}" --pad_to_30s false
-    --dumpdir "${expdir}/dump" --datadir "${expdir}/data" --results "${expdir}/RESULTS.md")
+    --ngpu 0 --train_num_threads 1 --nj "${nj}" --inference_nj 1 --inference_batch_size 64 --expdir "${expdir}"
+    --pad_to_30s false --dumpdir "${expdir}/dump" --datadir "${expdir}/data" --results "${expdir}/RESULTS.md")
 mini_llm_train_args="--frozen_dtype ${frozen_dtype}"
