@@ -31,7 +31,7 @@ gpu_mem=80           # GiB per GPU: plan_memory checks each GPU training phase a
 train_num_threads=1  # CPU threads per training process (OMP_NUM_THREADS; raise for CPU training).
 nj=8                 # Number of parallel jobs for feature dumping.
 inference_nj=8       # Number of parallel jobs for decoding (with --gpu_inference true: one GPU each; use the number of GPUs).
-gpu_inference=false  # Decode (stage 8) and analyse (stage 9) on GPUs, in bfloat16.
+gpu_inference=false  # Decode and analyse (stage 8) on GPUs, in bfloat16.
 dumpdir=dump         # Directory for features.
 expdir=exp           # Directory for experiments.
 datadir=data         # Directory for Kaldi data dirs.
@@ -81,8 +81,8 @@ Stages:
   5: phase 1, short-form ASR            (conformer: ESPnet asr_train)
   6: phase 2, long-form ASR
   7: phase 3, long-form ASR + CoT NER
-  8: decoding
-  9: scoring into <results> (and Fig. 2 analysis plots in <expdir>/<tag>/analysis)
+  8: decoding (and the Fig. 2 analysis plots of a speech-LLM system in <expdir>/<tag>/analysis)
+  9: scoring into <results>
  10: packing the trained parts
 
 Up to date: a stage whose marker records the fingerprint of its current inputs and options is skipped.
@@ -495,6 +495,27 @@ if in_range 8; then
             mark_done "${out}/.done"
         done
     done
+    # Fig. 2 data of this system (gates of every encoder-decoder phase, speech attention of the decoder-only
+    # phase 3), made here with the decodings rather than in stage 9, so that systems run side by side make theirs
+    # side by side.
+    x=${test_set_list[0]}; ana=${sysdir}/analysis
+    if [ "${system}" = llm ] && [ -f "${sysdir}/phase3/config.yaml" ] && [ -e "${sysdir}/phase3/${inference_model}" ]; then
+        # The system's own input: log-mel for one trained with --input_type mel (encoder: whisper).
+        sys_feats=${dumpdir}/enc/${x}; grep -q '^encoder: whisper' "${sysdir}/phase3/config.yaml" && sys_feats=${dumpdir}/mel/${x}
+        items=("stat:${sys_feats}" "file:${datadir}/${x}/history")
+        for p in 1 2 3; do items+=("stat:${sysdir}/phase${p}/${inference_model}" "file:${sysdir}/phase${p}/config.yaml"); done
+        if up_to_date "${ana}/.done" "${items[@]}"; then
+            log "Stage 8: ${ana} is up to date, skipping"
+        else
+            log "Stage 8: Fig. 2 analysis of ${sysdir} -> ${ana} (${stale})"
+            mkdir -p "${ana}"
+            ${_cmd} --gpu "${_gpu}" "${ana}.log" \
+                python -m espnet2_ext.bin.analyze_speechllm --model_dir "${sysdir}"/phase{1,2,3} --model_file "${inference_model}" \
+                    --out "${ana}" --data "${sys_feats}/feats.scp" --history_file "${datadir}/${x}/history" \
+                    --num_utts 24 --ngpu "${_gpu}" || die "analysis of ${sysdir} failed, see ${ana}.log"
+            mark_done "${ana}/.done"
+        fi
+    fi
 fi
 
 if in_range 9; then
@@ -507,25 +528,6 @@ if in_range 9; then
         python -m espnet2_ext.bin.score_ner --ref "${datadir}/${x}/text" --hyp "${d}/text" --out "${d}/score" \
             --name "${d#"${expdir}"/}"
         mark_done "${d}/score/.done"
-    done
-    # Fig. 2 data: gates of every encoder-decoder phase, speech attention of the decoder-only phase 3.
-    x=${test_set_list[0]}
-    for sys_dir in "${expdir}"/*/; do
-        sys_dir=${sys_dir%/}; ana=${sys_dir}/analysis
-        [ -f "${sys_dir}/phase3/config.yaml" ] && [ -e "${sys_dir}/phase3/${inference_model}" ] || continue
-        # Each system's own input: log-mel for one trained with --input_type mel (encoder: whisper).
-        sys_feats=${dumpdir}/enc/${x}; grep -q '^encoder: whisper' "${sys_dir}/phase3/config.yaml" && sys_feats=${dumpdir}/mel/${x}
-        items=("stat:${sys_feats}" "file:${datadir}/${x}/history")
-        for p in 1 2 3; do items+=("stat:${sys_dir}/phase${p}/${inference_model}" "file:${sys_dir}/phase${p}/config.yaml"); done
-        up_to_date "${ana}/.done" "${items[@]}" && continue
-        mkdir -p "${ana}"
-        _cmd=${decode_cmd}; _gpu=0
-        [ "${gpu_inference}" = true ] && { _cmd=${cuda_cmd}; _gpu=1; }
-        ${_cmd} --gpu "${_gpu}" "${ana}.log" \
-            python -m espnet2_ext.bin.analyze_speechllm --model_dir "${sys_dir}"/phase{1,2,3} --model_file "${inference_model}" \
-                --out "${ana}" --data "${sys_feats}/feats.scp" --history_file "${datadir}/${x}/history" \
-                --num_utts 24 --ngpu "${_gpu}" || { log "Error: analysis of ${sys_dir} failed, see ${ana}.log"; exit 1; }
-        mark_done "${ana}/.done"
     done
     python -m espnet2_ext.bin.make_results --expdir "${expdir}" --test_sets "${test_set_list[*]}" --command "${run_args}" --out "${results}"
     cat "${results}"

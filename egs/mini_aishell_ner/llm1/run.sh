@@ -57,42 +57,60 @@ system_args() {
     fi
 }
 
-# Stages 1-4 (data, dumps, token lists) are shared and cheap: one system after the other.
-first=$(( stage > 1 ? stage : 1 )); last=$(( stop_stage < 4 ? stop_stage : 4 ))
-if [ ${first} -le ${last} ]; then
-    for sys in ${systems}; do
-        system_args "${sys}"
-        ./llm.sh "${common[@]}" "${sys_args[@]}" --stage "${first}" --stop_stage "${last}"
-    done
-fi
-# Stages 5-8 (training, decoding): the systems run side by side, one CPU thread each, since
-# these tiny models gain almost nothing from a second thread. Each writes its own log.
-first=$(( stage > 5 ? stage : 5 )); last=$(( stop_stage < 8 ? stop_stage : 8 ))
-if [ ${first} -le ${last} ]; then
+# Scheduling on 2 cores: what a stage needs decides when it starts, so that both cores stay busy.
+# Stages 1-2 (data dirs) are shared. The Conformer (stages 4-8) needs no Whisper dumps, so it trains in the
+# background while stage 3 dumps them; each speech-LLM system then trains, decodes (stages 5-8) and packs
+# (stage 10) in the background too, one CPU thread per process: these tiny models gain almost nothing from
+# a second thread. Each background system writes ${expdir}/log/<system>.log; a failure, Ctrl-C or kill
+# stops them all (each runs in its own process group). The order of work does not change any result.
+set -m
+pids=(); names=()
+stop_background() { local p; for p in "${pids[@]}"; do kill -TERM -- "-${p}" 2> /dev/null || true; done; }
+trap stop_background EXIT
+trap 'exit 130' INT TERM
+# stages FIRST LAST: llm.sh's --stage/--stop_stage for FIRST..LAST within this run's range (empty: none).
+stages() {
+    local first=$(( stage > $1 ? stage : $1 )) last=$(( stop_stage < $2 ? stop_stage : $2 ))
+    [ ${first} -le ${last} ] && echo "--stage ${first} --stop_stage ${last}" || true
+}
+# background SYSTEM STAGE_OPTS...: the system's llm.sh runs, one after the other, in the background.
+background() {
+    local sys=$1 opts; shift
+    system_args "${sys}"
     mkdir -p "${expdir}/log"
-    pids=()
-    for sys in ${systems}; do
-        log "Stages ${first}-${last} of ${sys} (log: ${expdir}/log/${sys}.log)"
-        system_args "${sys}"
-        ./llm.sh "${common[@]}" "${sys_args[@]}" --stage "${first}" --stop_stage "${last}" \
-            > "${expdir}/log/${sys}.log" 2>&1 &
-        pids+=($!)
-    done
-    failed=
-    for i in "${!pids[@]}"; do
-        sys=$(echo ${systems} | cut -d' ' -f$((i + 1)))
-        if wait "${pids[$i]}"; then log "${sys}: done"; else failed="${failed} ${sys}"; tail -n 20 "${expdir}/log/${sys}.log"; fi
-    done
-    [ -z "${failed}" ] || { log "Error: stages ${first}-${last} failed for:${failed} (see ${expdir}/log/)"; exit 1; }
+    log "In the background: ${sys}, $(printf '[%s] ' "$@")(log: ${expdir}/log/${sys}.log)"
+    (
+        for opts in "$@"; do
+            # shellcheck disable=SC2086
+            [ -z "${opts}" ] || ./llm.sh "${common[@]}" "${sys_args[@]}" ${opts}
+        done
+    ) < /dev/null > "${expdir}/log/${sys}.log" 2>&1 &
+    pids+=($!); names+=("${sys}")
+}
+llm_systems=(); conformer=false
+for sys in ${systems}; do [ "${sys}" = conformer ] && conformer=true || llm_systems+=("${sys}"); done
+
+if [ -n "$(stages 1 2)" ]; then
+    system_args "$(echo ${systems} | cut -d' ' -f1)"
+    # shellcheck disable=SC2046
+    ./llm.sh "${common[@]}" "${sys_args[@]}" $(stages 1 2)
 fi
-# Packing (stage 10) runs before scoring (stage 9) here, so that the run ends by printing RESULTS.md.
-if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
-    for sys in ${systems}; do
-        [ "${sys}" = conformer ] && continue
+[ "${conformer}" = false ] || background conformer "$(stages 3 8)"
+# Stages 3-4 in the foreground: the first speech-LLM system dumps, the others find the dumps up to date.
+if [ -n "$(stages 3 4)" ]; then
+    for sys in "${llm_systems[@]}"; do
         system_args "${sys}"
-        ./llm.sh "${common[@]}" "${sys_args[@]}" --stage 10 --stop_stage 10
+        # shellcheck disable=SC2046
+        ./llm.sh "${common[@]}" "${sys_args[@]}" $(stages 3 4)
     done
 fi
+for sys in "${llm_systems[@]}"; do background "${sys}" "$(stages 5 8)" "$(stages 10 10)"; done
+failed=
+for i in "${!pids[@]}"; do
+    if wait "${pids[$i]}"; then log "${names[$i]}: done"; else failed="${failed} ${names[$i]}"; tail -n 20 "${expdir}/log/${names[$i]}.log"; fi
+done
+pids=()
+[ -z "${failed}" ] || { log "Error: failed in the background:${failed} (see ${expdir}/log/)"; exit 1; }
 if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
     ./llm.sh "${common[@]}" --stage 9 --stop_stage 9
 fi
