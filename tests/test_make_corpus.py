@@ -9,6 +9,7 @@ from pathlib import Path
 
 import json
 
+import numpy as np
 import pytest
 import soundfile
 
@@ -23,6 +24,7 @@ SPLITS = ("train", "dev", "test")
 sys.path.insert(0, str(LOCAL))
 import homophone_oracle  # noqa: E402  (the recipe's local/ directory is not a package)
 import lexicon  # noqa: E402
+import make_corpus as corpus_maker  # noqa: E402
 
 VOICE = "cmn-latn-pinyin"
 TITLES = list(lexicon.INTRODUCTIONS.values())
@@ -136,6 +138,26 @@ def test_layout_ids_and_audio_format(corpus):
     # AISHELL-1's speaker ranges: train below S0724, dev S0724-S0763, test from S0764.
     assert max(speakers["train"]) < "S0724" <= min(speakers["dev"]) <= max(speakers["dev"]) < "S0764"
     assert min(speakers["test"]) >= "S0764"
+
+
+def test_trim_tail_keeps_the_decay_after_the_last_loud_sample():
+    tail = round(corpus_maker.TAIL_SECONDS * corpus_maker.SAMPLE_RATE)
+    loud = corpus_maker.TAIL_THRESHOLD + 1
+    samples = np.zeros(20000, dtype=np.int16)
+    samples[100:3000] = loud
+    samples[3000:3005] = corpus_maker.TAIL_THRESHOLD  # at the threshold: not loud, cut with the silence
+    trimmed = corpus_maker.trim_tail(samples)
+    assert len(trimmed) == 3000 + tail and (trimmed[:3000] == samples[:3000]).all()
+    samples[-1] = -loud  # a loud last sample (negative counts too): nothing to cut
+    assert len(corpus_maker.trim_tail(samples)) == len(samples)
+
+
+def test_corpus_audio_ends_within_the_kept_tail(corpus):
+    tail = round(corpus_maker.TAIL_SECONDS * corpus_maker.SAMPLE_RATE)
+    for wav in sorted((corpus / "data_aishell" / "wav").rglob("*.wav")):
+        samples, _ = soundfile.read(str(wav), dtype="int16")
+        loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > corpus_maker.TAIL_THRESHOLD)
+        assert len(samples) - (loud[-1] + 1) == tail, wav
 
 
 def test_transcripts_match_aishell_formats(corpus):

@@ -18,7 +18,7 @@ corpus=corpus           # Where stage 0 writes the synthetic AISHELL-1-style cor
 expdir=exp              # Where data dirs, dumps, stand-ins, experiments and RESULTS.md go.
 nj=2                    # Parallel jobs for synthesis, dumping and decoding.
 input_type=encoder_output  # encoder_output: cached Whisper outputs joined per example; mel: the paper's path.
-encoder_dtype=float32   # What stage 3 runs Whisper-base in: float32 (the README table), auto (bfloat16 where the CPU computes it natively, AVX512-BF16 or AMX, float32 elsewhere) or bfloat16: ~1.5 min faster here, scores of their own (RESULTS.md).
+encoder_dtype=auto      # What stage 3 runs Whisper-base in: auto (bfloat16 where the CPU computes it natively, AVX512-BF16 or AMX: ~2.3x faster dumps, scores of their own within the run-to-run spread, see RESULTS.md; float32 elsewhere), bfloat16 or float32.
 frozen_dtype=float32    # The speech-LLM phases' autocast: float32 (the table), bfloat16 (~20% faster steps where native; scores of its own) or auto.
 
 help_message="Usage: $0 [--stage 0] [--stop_stage 10] [--systems \"${systems}\"] [--fast false] [--corpus corpus] [--expdir exp] [--nj 2] [--input_type encoder_output|mel] [--encoder_dtype float32|bfloat16|auto] [--frozen_dtype float32|bfloat16|auto]"
