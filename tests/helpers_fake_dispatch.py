@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """A stand-in for cmd.sh's dispatcher in the stage-engine tests (tests/test_stage_engine.py).
 
-Training (speechllm_train, asr_train) and decoding (speechllm_inference, asr_inference) are faked in
-milliseconds: training writes the files ESPnet's Trainer leaves (config.yaml, checkpoint.pth,
-1epoch.pth, valid.acc.ave.pth), decoding writes output.JOB/text for the job's keys. Each faked call
+Training (speechllm_train, asr_train), decoding (speechllm_inference, asr_inference) and the Fig. 2
+analysis (analyze_speechllm) are faked in milliseconds: training writes the files ESPnet's Trainer leaves
+(config.yaml, checkpoint.pth, 1epoch.pth, valid.acc.ave.pth), decoding writes output.JOB/text for the
+job's keys, the analysis an empty --out directory. Each faked call
 is appended to $FAKE_CALLS as one JSON line. FAKE_INTERRUPT=1 makes training stop after its first
 checkpoint, as a killed run does. Every other command runs through utils/run_local.py.
 """
@@ -20,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 _RANGE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(\d+):(\d+)$")
 TRAINERS = ("espnet2_ext.bin.speechllm_train", "espnet2_ext.bin.asr_train")
 DECODERS = ("espnet2_ext.bin.speechllm_inference", "espnet2_ext.bin.asr_inference")
+ANALYSER = "espnet2_ext.bin.analyze_speechllm"
 
 
 def option(words: list[str], name: str) -> str | None:
@@ -79,6 +81,10 @@ def main(argv: list[str]) -> int:
         return fake_training(words)
     if job and any(w in DECODERS for w in words):
         return fake_decoding(job, words)
+    if ANALYSER in words:
+        record("analysis", words)
+        Path(option(words, "--out")).mkdir(parents=True, exist_ok=True)
+        return 0
     os.execv(sys.executable, [sys.executable, str(REPO / "utils" / "run_local.py"), *argv])
     return 1
 

@@ -192,14 +192,14 @@ def test_changed_yaml_retrains_its_phase_and_the_later_ones_then_redecodes(recip
     write_data_dirs(recipe.root / "exp/data")
     recipe.run("--stage", "5", "--stop_stage", "8")
     calls = recipe.take_calls()
-    assert [c["kind"] for c in calls] == ["train"] * 3 + ["decode"] * 2
+    assert [c["kind"] for c in calls] == ["train"] * 3 + ["decode"] * 2 + ["analysis"]
     assert [str(Path(arg(c["words"], "--output_dir")).relative_to(recipe.root / "exp")) for c in calls[:3]] == \
         ["decoder_only/phase1", "decoder_only/phase2", "decoder_only/phase3"]
 
     start = time.monotonic()
     again = recipe.run("--stage", "5", "--stop_stage", "8")
     elapsed = time.monotonic() - start
-    assert skipped_stages(again) == ["5", "6", "7", "8", "8"] and not recipe.take_calls()
+    assert skipped_stages(again) == ["5", "6", "7", "8", "8", "8"] and not recipe.take_calls()
     assert elapsed < 5, f"an unchanged rerun of stages 5-8 took {elapsed:.2f} s"
 
     sentinel = recipe.root / "exp/decoder_only/phase2/old_output"
@@ -209,6 +209,7 @@ def test_changed_yaml_retrains_its_phase_and_the_later_ones_then_redecodes(recip
     log = recipe.run("--stage", "5", "--stop_stage", "8")
     calls = recipe.take_calls()
     assert trained_phases(calls) == ["phase2", "phase3"] and decoded_phases(calls) == ["phase3"]
+    assert [c["kind"] for c in calls][-1] == "analysis", "the Fig. 2 analysis of retrained phases is redone"
     assert "was trained from other inputs" in log and "train_decoder_only_phase2.yaml" in log
     assert not sentinel.exists(), "a retrained phase must start from scratch"
 
