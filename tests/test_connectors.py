@@ -36,22 +36,32 @@ def test_segments_are_stacked_separately_with_gamma_before_current():
     assert torch.equal(tokens[1, 2:], torch.zeros(3, 4))
 
 
-def test_segment_embeddings_tell_the_current_utterance_from_its_history():
-    """Cross-attention sees no order: without segment embeddings, the same audio said before and now
+SEGMENT_CONNECTORS = {
+    "cross_attention": lambda **kw: CrossAttentionConnector(input_size=2, llm_hidden=4, num_layers=1, stack=2,
+                                                            attention_dim=4, num_heads=1, **kw),
+    "adapter": lambda **kw: AdapterConnector(input_size=2, llm_hidden=4, stack=2, hidden_size=8, **kw),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SEGMENT_CONNECTORS))
+def test_segment_embeddings_tell_the_current_utterance_from_its_history(kind):
+    """Each utterance is encoded on its own: without segment embeddings, the same audio said before and now
     gives the same speech tokens; with them, each segment is marked by its distance from the current one."""
     frames = torch.randn(2, 2).repeat(3, 1)[None]  # three identical 2-frame utterances: history, history, current
     layout = (torch.tensor([[2, 2, 2]]), torch.tensor([3]), torch.tensor([2]))
-    plain = CrossAttentionConnector(input_size=2, llm_hidden=4, num_layers=1, stack=2, attention_dim=4, num_heads=1)
+    plain = SEGMENT_CONNECTORS[kind]()
     tokens, _ = plain(frames, *layout)
+    assert plain.segment_embedding is None
     assert torch.equal(tokens[0, 0], tokens[0, 3]) and torch.equal(tokens[0, 1], tokens[0, 3])
-    marked = CrossAttentionConnector(input_size=2, llm_hidden=4, num_layers=1, stack=2, attention_dim=4, num_heads=1,
-                                     segment_embeddings=2)
+    marked = SEGMENT_CONNECTORS[kind](segment_embeddings=2)
     tokens, _ = marked(frames, *layout)
     rows = marked.segment_embedding.weight
     base = marked.project(frames[0, :2].reshape(1, 4))[0]
     assert torch.equal(tokens[0, 2], marked.gamma)
     assert torch.allclose(tokens[0, 3], base + rows[0]) and torch.allclose(tokens[0, 1], base + rows[1])
     assert torch.allclose(tokens[0, 0], base + rows[1])  # older than the last row: shares it
+    with pytest.raises(ValueError, match="segment_embeddings"):
+        SEGMENT_CONNECTORS[kind](segment_embeddings=-1)
 
 
 def test_history_must_leave_a_current_segment():

@@ -4,7 +4,7 @@ The model hands a connector the encoder output of each batch item as a sequence 
 (history utterances, then the current one). Each segment is stacked on its own (its tail
 padded with zeros), so a stacked frame never mixes two utterances and γ sits exactly at the
 boundary before the current segment when there is history. A connector may also hold segment
-embeddings (``segment_embedding``, see :mod:`cross_attention`): learned vectors added to the tokens of
+embeddings (``segment_embeddings: N`` in either connector's conf; why, see :mod:`cross_attention`): learned vectors added to the tokens of
 the current segment, the one before it, and so on.
 """
 
@@ -39,6 +39,14 @@ class SpeechConnector(nn.Module, abc.ABC):
         # Row k is added to the tokens of the segment k utterances before the current one (the last row
         # also to older ones); None: no segment embeddings.
         self.segment_embedding: nn.Embedding | None = None
+
+    def _add_segment_embeddings(self, count: int) -> None:
+        """``count`` learned vectors, by distance from the current segment (0: none, the paper's models)."""
+        if count < 0:
+            raise ValueError(f"segment_embeddings must be >= 0, got {count}")
+        if count:
+            self.segment_embedding = nn.Embedding(count, self.llm_hidden)
+            nn.init.normal_(self.segment_embedding.weight, std=0.02)
 
     @classmethod
     def build(cls, input_size: int, llm_config, **conf) -> "SpeechConnector":

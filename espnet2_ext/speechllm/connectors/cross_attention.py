@@ -167,11 +167,7 @@ class CrossAttentionConnector(SpeechConnector):
     ) -> None:
         super().__init__(input_size, llm_hidden, stack)
         self.proj = nn.Linear(stack * input_size, llm_hidden)
-        if segment_embeddings < 0:
-            raise ValueError(f"segment_embeddings must be >= 0, got {segment_embeddings}")
-        if segment_embeddings:
-            self.segment_embedding = nn.Embedding(segment_embeddings, llm_hidden)
-            nn.init.normal_(self.segment_embedding.weight, std=0.02)
+        self._add_segment_embeddings(segment_embeddings)
         self.blocks = nn.ModuleList(
             GatedCrossAttention(llm_hidden, attention_dim, num_heads, gate_init, norm_eps)
             for _ in range(num_layers)
