@@ -6,7 +6,8 @@ Whisper-large-v2). Full size: 6400·4096+4096 + 4096·4096+4096 = 43.0M, plus th
 ``segment_embeddings: N`` (0, the paper's model, by default) adds learned vectors to the speech tokens by
 distance from the current utterance, as in :mod:`cross_attention`: the paper encodes history and current audio
 in one Whisper window, whose positions tell the segments apart, while this recipe encodes each utterance on its
-own and γ marks only the boundary before the current one.
+own and γ marks only the boundary before the current one. (The mini decoder-only model did not gain from them
+on dev: x3 in its RESULTS.md.)
 """
 
 from __future__ import annotations

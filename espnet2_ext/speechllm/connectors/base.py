@@ -4,8 +4,8 @@ The model hands a connector the encoder output of each batch item as a sequence 
 (history utterances, then the current one). Each segment is stacked on its own (its tail
 padded with zeros), so a stacked frame never mixes two utterances and γ sits exactly at the
 boundary before the current segment when there is history. A connector may also hold segment
-embeddings (``segment_embeddings: N`` in either connector's conf; why, see :mod:`cross_attention`): learned vectors added to the tokens of
-the current segment, the one before it, and so on.
+embeddings (``segment_embeddings: N`` in either connector's conf; why, see :mod:`cross_attention`):
+learned vectors added to the tokens of the current segment, the one before it, and so on.
 """
 
 from __future__ import annotations
